@@ -1,0 +1,182 @@
+"""``hsm.toml``: the cluster, its members and the metadata store, as frozen dataclasses.
+
+Found via an explicit path (``--config``), then ``$HSM_CONFIG``, then ``./hsm.toml``.
+Relative paths inside the file (``module``, ``file:`` PINs) are read relative to the file.
+A PIN never appears in the file: only where to get it (``env:VAR``, ``file:PATH``,
+``prompt``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from hsm.errors import ConfigError, PinSourceError
+from hsm.pkcs11.module import TokenSelector
+from hsm.pkcs11.pin import PinSource
+
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "MemberConfig",
+    "StoreConfig",
+    "find_config_path",
+    "load_config",
+    "parse_config",
+]
+
+MODES = ("failover", "balanced")
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """One HSM member: a module, a token on it, where its PIN comes from."""
+
+    name: str
+    module: str
+    token: TokenSelector
+    pin: PinSource
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    pool_size: int = 8
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    mode: str = "failover"
+    quorum: int = 1
+    deadline_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: ClusterConfig
+    members: tuple[MemberConfig, ...]
+    store: StoreConfig = StoreConfig()
+    path: Path | None = None
+
+    def member(self, name: str) -> MemberConfig:
+        for member in self.members:
+            if member.name == name:
+                return member
+        names = ", ".join(m.name for m in self.members)
+        raise ConfigError(f"no member named {name!r}; members: {names}")
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``explicit``, else ``$HSM_CONFIG``, else ``./hsm.toml``; :class:`ConfigError` if none."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("HSM_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("hsm.toml")
+    if default.exists():
+        return default
+    raise ConfigError("no configuration: pass --config, set HSM_CONFIG or create ./hsm.toml")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a config file; every problem is a :class:`ConfigError`."""
+    where = find_config_path(path)
+    try:
+        data = tomllib.loads(where.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {where} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {where} can't be read: {type(exc).__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {where} is not valid TOML: {exc}") from None
+    return parse_config(data, path=where)
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
+    value = table.get(key, default)
+    if value is None or (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        if value is None and default is None:
+            raise ConfigError(f"{where}: '{key}' is required")
+        raise ConfigError(f"{where}: '{key}' must be a {kind.__name__}")
+    return value
+
+
+def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML (``path`` anchors relative paths)."""
+    name = str(path) if path else "config"
+    base = path.parent.resolve() if path else Path.cwd()
+    unknown = set(data) - {"cluster", "member", "store"}
+    if unknown:
+        raise ConfigError(f"{name}: unknown section(s) {', '.join(sorted(unknown))}")
+    raw_members = data.get("member")
+    if not isinstance(raw_members, list) or not raw_members:
+        raise ConfigError(f"{name}: at least one [[member]] is required")
+    members = tuple(_member(m, i, name, base) for i, m in enumerate(raw_members))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{name}: member names must be unique")
+
+    cluster_table = data.get("cluster", {})
+    if not isinstance(cluster_table, Mapping):
+        raise ConfigError(f"{name}: [cluster] must be a table")
+    where = f"{name} [cluster]"
+    mode = _get(cluster_table, "mode", str, where, "failover")
+    if mode not in MODES:
+        raise ConfigError(f"{where}: mode must be one of {', '.join(MODES)}")
+    quorum = _get(cluster_table, "quorum", int, where, min(2, len(members)))
+    if not 1 <= quorum <= len(members):
+        raise ConfigError(f"{where}: quorum must be between 1 and the number of members "
+                          f"({len(members)})")
+    deadline = _get(cluster_table, "deadline_ms", int, where, 2000)
+    if deadline <= 0:
+        raise ConfigError(f"{where}: deadline_ms must be positive")
+
+    store_table = data.get("store", {})
+    if not isinstance(store_table, Mapping):
+        raise ConfigError(f"{name}: [store] must be a table")
+    url = store_table.get("url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError(f"{name} [store]: 'url' must be a string")
+    return Config(ClusterConfig(mode, quorum, deadline), members, StoreConfig(url), path)
+
+
+def _member(table: Any, index: int, name: str, base: Path) -> MemberConfig:
+    where = f"{name} [[member]] #{index + 1}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(table) - {"name", "module", "token", "serial", "pin", "env", "pool_size"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    member_name = _get(table, "name", str, where)
+    where = f"{name} member {member_name!r}"
+    module = str(base / Path(_get(table, "module", str, where)).expanduser())
+    token, serial = table.get("token"), table.get("serial")
+    if (token is None) == (serial is None):
+        raise ConfigError(f"{where}: give exactly one of 'token' (label) or 'serial'")
+    if not isinstance(token if token is not None else serial, str):
+        raise ConfigError(f"{where}: 'token' and 'serial' are strings")
+    selector = TokenSelector(label=token, serial=serial)
+    try:
+        pin = PinSource.parse(_get(table, "pin", str, where),
+                              prompt_text=f"PIN for {member_name}: ")
+    except PinSourceError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if pin.kind == "file":
+        pin = PinSource("file", str(base / Path(pin.where).expanduser()), pin.prompt_text)
+    env = table.get("env", {})
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ConfigError(f"{where}: 'env' must be a table of strings")
+    pool_size = _get(table, "pool_size", int, where, 8)
+    if pool_size < 1:
+        raise ConfigError(f"{where}: pool_size must be at least 1")
+    return MemberConfig(member_name, module, selector, pin, MappingProxyType(dict(env)),
+                        pool_size)

@@ -1,0 +1,11 @@
+"""Keys on one HSM: master keys, sealed data keys, key-object wrap/unwrap.
+
+Hazmat: applications use :func:`hsm.open`; this layer is what the client and the cluster
+are built from.
+"""
+
+from hsm.keys.blob import SealedBlob, parse_blob
+from hsm.keys.keyring import DataKey, Keyring
+from hsm.keys.master import KeyInfo
+
+__all__ = ["DataKey", "KeyInfo", "Keyring", "SealedBlob", "parse_blob"]

@@ -1,0 +1,294 @@
+"""The master keys of one token, and the data-key calls applications make with them.
+
+A :class:`Keyring` sits on one :class:`~hsm.pkcs11.pool.SessionPool`. Data keys are sealed
+with AES-256-GCM performed inside the HSM under the master key, with the blob header and the
+encoded encryption context as additional data (:mod:`hsm.keys.blob`). Key objects are found
+once per worker session and kept with it (they die with the session's module generation);
+attribute checks are done once per key per generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any
+
+import pkcs11
+import pkcs11.exceptions as p11e
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+from hsm.context import encode_context
+from hsm.errors import (
+    InvalidInput,
+    KeyNotFound,
+    MechanismUnsupported,
+    OperationFailed,
+    UnsafeKey,
+)
+from hsm.keys.blob import MAX_PLAINTEXT, SealedBlob, parse_blob
+from hsm.keys.master import (
+    CAPABILITIES,
+    POLICY_ATTRIBUTES,
+    KeyInfo,
+    check_attributes,
+    create_template,
+    key_id_bytes,
+    label_for,
+    parse_label,
+)
+from hsm.pkcs11 import Lease, Mechanisms, SessionPool, probe, translated
+
+__all__ = ["DataKey", "Keyring"]
+
+log = logging.getLogger(__name__)
+
+_GCM = Mechanism.AES_GCM
+_GCMParams = pkcs11.GCMParams
+_SECRET = ObjectClass.SECRET_KEY
+
+
+class DataKey:
+    """A fresh data key: ``plaintext`` (a ``bytearray`` to wipe after use) and ``wrapped``.
+
+    The repr never shows the plaintext. ``wipe()`` overwrites it with zeros.
+    """
+
+    __slots__ = ("key_id", "plaintext", "version", "wrapped")
+
+    def __init__(self, key_id: str, version: int, plaintext: bytearray, wrapped: bytes) -> None:
+        self.key_id = key_id
+        self.version = version
+        self.plaintext = plaintext
+        self.wrapped = wrapped
+
+    def wipe(self) -> None:
+        self.plaintext[:] = bytes(len(self.plaintext))
+
+    def __repr__(self) -> str:
+        return (f"DataKey(key_id={self.key_id!r}, version={self.version}, "
+                f"plaintext=<{len(self.plaintext)} bytes hidden>, wrapped=<{len(self.wrapped)} bytes>)")
+
+
+def _plaintext_bytes(plaintext: object) -> bytes:
+    if not isinstance(plaintext, bytes | bytearray | memoryview):
+        raise InvalidInput(f"key material must be bytes, not {type(plaintext).__name__}")
+    data = bytes(plaintext)
+    if not 1 <= len(data) <= MAX_PLAINTEXT:
+        raise InvalidInput(f"key material must be 1 to {MAX_PLAINTEXT} bytes, got {len(data)}")
+    return data
+
+
+class Keyring:
+    """Master keys and data-key operations on one token. Thread-safe."""
+
+    def __init__(self, pool: SessionPool, *, allow_unsafe_keys: bool = False) -> None:
+        self.pool = pool
+        self.allow_unsafe_keys = allow_unsafe_keys
+        self._mechanisms: Mechanisms | None = None
+        self._verified: set[tuple[bytes, int, int]] = set()  # (uuid, version, generation)
+        self._latest: dict[bytes, int] = {}
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def open(self) -> Keyring:
+        self.pool.open()
+        with self.pool.session() as lease, translated("probe mechanisms"):
+            self._mechanisms = probe(lease.session)
+        return self
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Keyring:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def mechanisms(self) -> Mechanisms:
+        if self._mechanisms is None:
+            raise OperationFailed("keyring is not open", reason="not_open")
+        return self._mechanisms
+
+    # -- master keys -----------------------------------------------------------------------
+
+    def create_key(self) -> KeyInfo:
+        """Generate a new master key (version 1) inside the HSM and check what it made."""
+        key_id = str(uuid.uuid4())
+        label, cka_id, template = create_template(key_id, 1)
+        with self.pool.session() as lease:
+            with translated("create key"):
+                obj = lease.session.generate_key(
+                    KeyType.AES, 256, label=label, id=cka_id, store=True,
+                    capabilities=CAPABILITIES, mechanism=Mechanism.AES_KEY_GEN,
+                    template=template,
+                )
+            try:
+                self._check(obj, label, allow_unsafe=False)
+                kcv = self._kcv(obj)
+            except BaseException:
+                # The module ignored our template: this key must never be used.
+                with translated("destroy unsafe key"):
+                    obj.destroy()
+                raise
+        self._latest[key_id_bytes(key_id)] = 1
+        log.info("created master key %s version 1 (kcv %s)", key_id, kcv)
+        return KeyInfo(key_id, 1, kcv)
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Every master key version on the token, read from the HSM itself."""
+        found: list[KeyInfo] = []
+        with self.pool.session() as lease, translated("list keys"):
+            objects = list(lease.session.get_objects({Attribute.CLASS: _SECRET}))
+            for obj in objects:
+                parsed = parse_label(obj.label)
+                if parsed is not None:
+                    found.append(KeyInfo(parsed[0], parsed[1], self._kcv(obj)))
+        found.sort(key=lambda k: (k.key_id, k.version))
+        for info in found:
+            kid = key_id_bytes(info.key_id)
+            self._latest[kid] = max(self._latest.get(kid, 0), info.version)
+        return found
+
+    def key_info(self, key_id: str, version: int | None = None) -> KeyInfo:
+        kid = key_id_bytes(key_id)
+        with self.pool.session() as lease:
+            version = version or self._latest_version(lease, kid)
+            obj = self._key(lease, kid, version)
+            with translated("key check value"):
+                return KeyInfo(key_id, version, self._kcv(obj))
+
+    def destroy_key(self, key_id: str, version: int) -> None:
+        """Destroy one master key version. Irreversible: everything sealed under it is lost."""
+        kid = key_id_bytes(key_id)
+        with self.pool.session() as lease:
+            obj = self._key(lease, kid, version)
+            with translated("destroy key"):
+                obj.destroy()
+            lease.keys.pop((kid, version), None)
+        self.pool.drop_keys()
+        self._latest.pop(kid, None)
+        log.info("destroyed master key %s version %d", key_id, version)
+
+    # -- data keys -------------------------------------------------------------------------
+
+    def generate_data_key(self, key_id: str, context: Any = None, *, size: int = 32) -> DataKey:
+        """``size`` random bytes from the HSM's RNG, returned in plaintext and sealed."""
+        if size not in (16, 24, 32, 64):
+            raise InvalidInput("data key size must be 16, 24, 32 or 64 bytes")
+        kid = key_id_bytes(key_id)
+        ctx = encode_context(context)
+        self._need_caller_iv()
+        with self.pool.session() as lease:
+            version = self._latest_version(lease, kid)
+            key = self._key(lease, kid, version)
+            with translated("generate data key"):
+                plaintext = bytearray(lease.session.generate_random(size * 8))
+            wrapped = self._seal(key, kid, version, plaintext, ctx)
+        return DataKey(key_id, version, plaintext, wrapped)
+
+    def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any = None) -> bytes:
+        """Seal a caller's key material under the current version of ``key_id``."""
+        data = _plaintext_bytes(plaintext)
+        kid = key_id_bytes(key_id)
+        ctx = encode_context(context)
+        self._need_caller_iv()
+        with self.pool.session() as lease:
+            version = self._latest_version(lease, kid)
+            return self._seal(self._key(lease, kid, version), kid, version, data, ctx)
+
+    def unwrap(self, blob: bytes, context: Any = None) -> bytearray:
+        """Open a sealed blob; the blob names its key and version. ``InvalidCiphertext``
+        if it was tampered with, sealed under another key, or bound to another context."""
+        sealed = parse_blob(blob)
+        ctx = encode_context(context)
+        with self.pool.session() as lease:
+            key = self._key(lease, sealed.key_uuid, sealed.version)
+            with translated("unwrap", integrity=True):
+                return bytearray(key.decrypt(
+                    sealed.ciphertext, mechanism=_GCM,
+                    mechanism_param=_GCMParams(sealed.iv, sealed.header + ctx, 128),
+                ))
+
+    def generate_random(self, size: int) -> bytes:
+        if not 1 <= size <= 1024:
+            raise InvalidInput("random byte count must be 1 to 1024")
+        with self.pool.session() as lease, translated("generate random"):
+            return bytes(lease.session.generate_random(size * 8))
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _need_caller_iv(self) -> None:
+        if self.mechanisms.gcm_iv != "caller":
+            raise MechanismUnsupported(
+                "this module does not accept caller-chosen AES-GCM IVs "
+                f"(probed: {self.mechanisms.gcm_iv or 'no AES-GCM'}); sealing needs them"
+            )
+
+    @staticmethod
+    def _seal(key: Any, kid: bytes, version: int, plaintext: bytes | bytearray,
+              ctx: bytes) -> bytes:
+        iv = os.urandom(12)
+        header = SealedBlob.header_for(kid, version, iv)
+        with translated("seal"):
+            sealed = key.encrypt(bytes(plaintext), mechanism=_GCM,
+                                 mechanism_param=_GCMParams(iv, header + ctx, 128))
+        return header + bytes(sealed)
+
+    def _key(self, lease: Lease, kid: bytes, version: int) -> Any:
+        cached = lease.keys.get((kid, version))
+        if cached is not None:
+            return cached
+        key_id = str(uuid.UUID(bytes=kid))
+        label = label_for(key_id, version)
+        with translated("find key"):
+            found = list(lease.session.get_objects({Attribute.CLASS: _SECRET,
+                                                    Attribute.LABEL: label}))
+        if not found:
+            raise KeyNotFound(f"no master key {key_id} version {version} on token "
+                              f"{self.pool.selector}")
+        if len(found) > 1:
+            raise OperationFailed(f"{len(found)} objects are labelled {label}; "
+                                  "refusing to guess", reason="duplicate_key")
+        obj = found[0]
+        if (kid, version, lease.generation) not in self._verified:
+            self._check(obj, label, allow_unsafe=self.allow_unsafe_keys)
+            self._verified.add((kid, version, lease.generation))
+        lease.keys[(kid, version)] = obj
+        return obj
+
+    def _latest_version(self, lease: Lease, kid: bytes) -> int:
+        version = self._latest.get(kid)
+        if version is not None:
+            return version
+        with translated("list key versions"):
+            objects = list(lease.session.get_objects({Attribute.CLASS: _SECRET}))
+            labels = [obj.label for obj in objects]
+        key_id = str(uuid.UUID(bytes=kid))
+        versions = [v for k, v in filter(None, map(parse_label, labels)) if k == key_id]
+        if not versions:
+            raise KeyNotFound(f"no master key {key_id} on token {self.pool.selector}")
+        self._latest[kid] = max(versions)
+        return self._latest[kid]
+
+    @staticmethod
+    def _check(obj: Any, label: str, *, allow_unsafe: bool) -> None:
+        with translated("read key attributes"):
+            try:
+                attrs = obj.get_attributes(list(POLICY_ATTRIBUTES))
+            except p11e.AttributeTypeInvalid:
+                attrs = {}
+        if not attrs:
+            raise UnsafeKey(f"attributes of master key {label} can't be read")
+        check_attributes(attrs, label, allow_unsafe=allow_unsafe)
+
+    @staticmethod
+    def _kcv(obj: Any) -> str:
+        try:
+            return bytes(obj[Attribute.CHECK_VALUE]).hex()
+        except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive, p11e.FunctionFailed):
+            pass
+        block = obj.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)
+        return bytes(block[:3]).hex()

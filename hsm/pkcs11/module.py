@@ -1,0 +1,321 @@
+"""Loading a PKCS#11 module: environment, OS locking, re-initialization, fork safety.
+
+One :class:`Module` per shared object per process (python-pkcs11 caches one library per
+path; the same file reached by another path fails). Modules are shared and counted through
+:meth:`Module.acquire` / :meth:`Module.release`.
+
+Every call into the module runs between :meth:`Module.enter` and :meth:`Module.exit`, which
+count calls in flight, so that :meth:`Module.reinitialize` never finalizes under a thread
+that is mid-call. Each re-initialize bumps :attr:`Module.generation`: sessions and key
+objects made in an older generation are never used again (SoftHSM reuses handle numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+import pkcs11.exceptions as p11e
+
+from hsm.errors import HSMUnavailable, ModuleLoadError, TokenNotFound
+from hsm.pkcs11.oslocking import OSLockingError, enable_os_locking
+from hsm.pkcs11.translate import translated
+
+__all__ = ["Module", "TokenSelector"]
+
+log = logging.getLogger(__name__)
+
+# Guards os.environ and every C_Initialize in the process: SoftHSM reads SOFTHSM2_CONF at
+# C_Initialize, so with several instances the variable must be right at that moment.
+_loader_lock = threading.Lock()
+_registry: dict[tuple[int, int], Module] = {}
+
+
+@dataclass(frozen=True)
+class TokenSelector:
+    """A token chosen by label or by serial, never by slot number."""
+
+    label: str | None = None
+    serial: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.label is None) == (self.serial is None):
+            raise ValueError("a token is chosen by exactly one of label or serial")
+
+    def matches(self, label: str, serial: str) -> bool:
+        if self.label is not None:
+            return label == self.label
+        return serial == self.serial
+
+    def __str__(self) -> str:
+        return f"label {self.label!r}" if self.label is not None else f"serial {self.serial!r}"
+
+
+def _token_serial(token: Any) -> str:
+    raw = token.serial
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+    return text.strip()
+
+
+class Module:
+    """A loaded PKCS#11 module. Get one with :meth:`acquire`, give it back with :meth:`release`."""
+
+    def __init__(self, path: str, env: Mapping[str, str], *, reinit_interval: float,
+                 clock: Callable[[], float]) -> None:
+        self.path = path
+        self.env = dict(env)
+        self.reinit_interval = reinit_interval
+        self._clock = clock
+        self.generation = 0
+        self.os_locking = False
+        self.call_lock: threading.RLock | None = None  # set when OS locking is refused
+        self._refs = 0
+        self._cond = threading.Condition()
+        self._active = 0
+        self._reinitializing = False
+        self._last_reinit = float("-inf")
+        self._pid = os.getpid()
+        self._lib: Any = None
+
+    # -- registry -------------------------------------------------------------------------
+
+    @classmethod
+    def acquire(cls, path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                reinit_interval: float = 5.0,
+                clock: Callable[[], float] = time.monotonic) -> Module:
+        """The process's module for ``path``, loaded on first use with ``env`` set."""
+        env = dict(env or {})
+        real = Path(path).expanduser()
+        try:
+            real = real.resolve(strict=True)
+            st = real.stat()
+        except OSError:
+            raise ModuleLoadError(f"PKCS#11 module {path} does not exist") from None
+        if not real.is_file():
+            raise ModuleLoadError(f"PKCS#11 module {path} is not a file")
+        ident = (st.st_dev, st.st_ino)
+        with _loader_lock:
+            module = _registry.get(ident)
+            if module is None:
+                module = cls(str(real), env, reinit_interval=reinit_interval, clock=clock)
+                module._load_locked()
+                _registry[ident] = module
+            elif module.env != env:
+                raise ModuleLoadError(
+                    f"PKCS#11 module {real} is already loaded with another environment; "
+                    "give each member its own copy of the module"
+                )
+            module._refs += 1
+            return module
+
+    def release(self) -> None:
+        """Give back one reference; the last one finalizes and unloads the module."""
+        with _loader_lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            for ident, module in list(_registry.items()):
+                if module is self:
+                    del _registry[ident]
+            try:
+                self._lib.finalize()
+            except p11e.PKCS11Error:
+                pass
+            self.generation += 1
+            self._lib = None
+            pkcs11.unload(self.path)
+
+    # -- loading --------------------------------------------------------------------------
+
+    @contextmanager
+    def _environment(self) -> Iterator[None]:
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _load_locked(self) -> None:
+        with self._environment():
+            try:
+                self._lib = pkcs11.lib(self.path)
+            except p11e.PKCS11Error as exc:
+                # The loader's message names the file and the dlopen error; no secrets.
+                raise ModuleLoadError(
+                    f"PKCS#11 module {self.path} can't be loaded: {exc}"
+                ) from None
+            if not self._lib.initialized:  # a cached library that was finalized before
+                with translated("initialize"):
+                    self._lib.initialize()
+            self._enable_os_locking()
+        self.generation += 1
+        self._pid = os.getpid()
+
+    def _enable_os_locking(self) -> None:
+        try:
+            enable_os_locking(self.path)
+        except (OSLockingError, OSError, AttributeError) as exc:
+            log.warning("module %s refused OS locking (%s); serializing every call to it",
+                        self.path, exc)
+            self.os_locking = False
+            self.call_lock = threading.RLock()
+        else:
+            self.os_locking = True
+            self.call_lock = None
+
+    @property
+    def lib(self) -> Any:
+        if self._lib is None:
+            raise HSMUnavailable(f"PKCS#11 module {self.path} was released", reason="released")
+        return self._lib
+
+    # -- calls in flight ------------------------------------------------------------------
+
+    def enter(self) -> int:
+        """Count a call in flight; returns the generation it runs in. Pair with :meth:`exit`."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        with self._cond:
+            while self._reinitializing:
+                self._cond.wait()
+            self._active += 1
+            return self.generation
+
+    def exit(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._cond.notify_all()
+
+    @contextmanager
+    def using(self) -> Iterator[int]:
+        generation = self.enter()
+        try:
+            if self.call_lock is not None:
+                with self.call_lock:
+                    yield generation
+            else:
+                yield generation
+        finally:
+            self.exit()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def reinitialize(self, seen_generation: int, *, drain_timeout: float = 30.0) -> int:
+        """Finalize and initialize again, unless someone already did since ``seen_generation``.
+
+        Serialized, rate-limited to one per ``reinit_interval`` seconds (a refused attempt
+        raises :class:`HSMUnavailable`), and run only once no other call is in flight.
+        """
+        with self._cond:
+            if self.generation != seen_generation:
+                return self.generation
+            while self._reinitializing:
+                self._cond.wait()
+                if self.generation != seen_generation:
+                    return self.generation
+            now = self._clock()
+            wait = self._last_reinit + self.reinit_interval - now
+            if wait > 0:
+                raise HSMUnavailable(
+                    f"PKCS#11 module {self.path} is recovering; next attempt in {wait:.1f}s",
+                    reason="recovering",
+                )
+            self._last_reinit = now
+            self._reinitializing = True
+            deadline = time.monotonic() + drain_timeout
+            while self._active > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._reinitializing = False
+                    self._cond.notify_all()
+                    raise HSMUnavailable(
+                        f"PKCS#11 module {self.path} has calls that never returned",
+                        reason="hung_calls",
+                    )
+                self._cond.wait(left)
+        try:
+            with _loader_lock, self._environment():
+                try:
+                    self.lib.finalize()
+                except p11e.PKCS11Error:
+                    pass  # not initialized any more: exactly what we are repairing
+                with translated("initialize"):
+                    self.lib.initialize()
+                self._enable_os_locking()
+            log.info("PKCS#11 module %s re-initialized (generation %d)",
+                     self.path, self.generation + 1)
+        finally:
+            with self._cond:
+                self.generation += 1
+                self._reinitializing = False
+                self._cond.notify_all()
+        return self.generation
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's sessions mean nothing here; initialize afresh."""
+        with _loader_lock:
+            if os.getpid() == self._pid:
+                return
+            self._cond = threading.Condition()
+            self._active = 0
+            self._reinitializing = False
+            with self._environment():
+                try:
+                    self.lib.finalize()
+                except p11e.PKCS11Error:
+                    pass
+                with translated("initialize"):
+                    self.lib.initialize()
+                self._enable_os_locking()
+            self.generation += 1
+            self._pid = os.getpid()
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def tokens(self) -> list[tuple[str, str, Any]]:
+        """``(label, serial, token)`` for every slot with a token present."""
+        found = []
+        with self.using(), translated("list tokens"):
+            for slot in self.lib.get_slots(token_present=True):
+                try:
+                    token = slot.get_token()
+                except (p11e.TokenNotPresent, p11e.TokenNotRecognised):
+                    continue
+                found.append((token.label, _token_serial(token), token))
+        return found
+
+    def find_token(self, selector: TokenSelector) -> Any:
+        """The token ``selector`` names; :class:`TokenNotFound` lists the ones that exist."""
+        tokens = self.tokens()
+        for label, serial, token in tokens:
+            if selector.matches(label, serial):
+                return token
+        present = ", ".join(f"{label!r} (serial {serial})" for label, serial, _ in tokens)
+        raise TokenNotFound(
+            f"no token with {selector} in {self.path}; tokens present: {present or 'none'}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Module({self.path!r}, generation={self.generation})"
+
+
+def _after_fork_in_child() -> None:
+    global _loader_lock
+    _loader_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

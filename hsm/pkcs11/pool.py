@@ -1,0 +1,232 @@
+"""Session pool for one token: one long-lived login session, worker sessions lent to callers.
+
+Login in PKCS#11 is per token per application, not per session: one session logs in and
+stays open for the life of the pool (closing it would log every session out); worker
+sessions are opened without a PIN and inherit the login. Sessions are lent through
+``with pool.session() as lease:`` and come back to an idle list; at most ``size`` are out at
+once.
+
+After an error, the pool does what :func:`~hsm.pkcs11.translate.recovery_for` says: forget
+the lease's key objects, drop the session, or (for a lost module or token) have the module
+re-initialized and log in again before the next lease. Nothing made in an older module
+generation is ever used again. The pool itself never retries a call: the caller (the
+cluster layer) decides that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pkcs11.exceptions as p11e
+
+from hsm.errors import HSMError, HSMUnavailable, OperationFailed
+from hsm.pkcs11.module import Module, TokenSelector
+from hsm.pkcs11.pin import PinSource, Secret
+from hsm.pkcs11.translate import Recovery, recovery_for, translated
+
+__all__ = ["Lease", "SessionPool"]
+
+log = logging.getLogger(__name__)
+
+
+class Lease:
+    """A worker session on loan, with the key objects already found in it."""
+
+    __slots__ = ("generation", "keys", "session")
+
+    def __init__(self, session: Any, generation: int) -> None:
+        self.session = session
+        self.generation = generation
+        self.keys: dict[Any, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Lease(generation={self.generation}, keys={len(self.keys)})"
+
+
+class SessionPool:
+    """Sessions on one token of one module. Thread-safe; use as a context manager."""
+
+    def __init__(self, module: Module, selector: TokenSelector, pin: PinSource, *,
+                 size: int = 8, acquire_timeout: float = 30.0) -> None:
+        if size < 1:
+            raise ValueError("pool size must be at least 1")
+        self.module = module
+        self.selector = selector
+        self.pin_source = pin
+        self.size = size
+        self.acquire_timeout = acquire_timeout
+        self._pin: Secret | None = None
+        self._token: Any = None
+        self._login: Any = None
+        self._login_generation = -1
+        self._broken_generation = -1
+        self._idle: list[Lease] = []
+        self._lock = threading.Lock()  # guards _idle and the login fields, never an HSM call
+        self._login_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)
+        self._closed = False
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def open(self) -> SessionPool:
+        """Read the PIN, find the token, log in. A wrong PIN raises at once, never retried."""
+        if self._pin is None:
+            self._pin = self.pin_source.read()
+        self._ensure_login()
+        return self
+
+    def close(self) -> None:
+        """Close every idle session and the login session (this logs the token out)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = self._idle, []
+            login, self._login = self._login, None
+            login_generation = self._login_generation
+        generation = self.module.generation
+        for lease in idle:
+            if lease.generation == generation:
+                self._close_quietly(lease.session)
+        if login is not None and login_generation == generation:
+            self._close_quietly(login)
+        self._pin = None
+
+    def __enter__(self) -> SessionPool:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def token_label(self) -> str:
+        return str(self._token.label) if self._token is not None else ""
+
+    @property
+    def token_serial(self) -> str:
+        if self._token is None:
+            return ""
+        raw = self._token.serial
+        return (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip()
+
+    # -- login -----------------------------------------------------------------------------
+
+    def _ensure_login(self) -> None:
+        """Log in unless the current module generation already has our login session."""
+        if self._login_generation == self.module.generation and self._login is not None:
+            return
+        with self._login_lock:
+            if self._broken_generation == self.module.generation:
+                self.module.reinitialize(self._broken_generation)
+            if self._login_generation == self.module.generation and self._login is not None:
+                return
+            if self._pin is None:
+                raise OperationFailed("session pool is not open", reason="not_open")
+            with self.module.using() as generation:
+                token = self.module.find_token(self.selector)
+                try:
+                    with translated("login"):
+                        login = token.open(rw=True, user_pin=self._pin.reveal())
+                except HSMError as exc:
+                    if isinstance(exc.__cause__, p11e.UserAlreadyLoggedIn):
+                        raise OperationFailed(
+                            f"token {self.selector} is already logged in by other code in this "
+                            "process; let hsm own the login", reason="already_logged_in",
+                        ) from None
+                    raise
+            with self._lock:
+                self._token = token
+                self._login = login
+                self._login_generation = generation
+                self._idle = [lease for lease in self._idle if lease.generation == generation]
+            log.info("logged in to token %s of %s (generation %d)",
+                     self.selector, self.module.path, generation)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[Lease]:
+        """Lend a worker session. Errors raised inside are acted on, then re-raised."""
+        if self._closed:
+            raise OperationFailed("session pool is closed", reason="closed")
+        if not self._slots.acquire(timeout=self.acquire_timeout):
+            raise HSMUnavailable(
+                f"no session free on token {self.selector} after {self.acquire_timeout}s",
+                reason="pool_exhausted",
+            )
+        try:
+            self._ensure_login()
+            with self.module.using() as generation:
+                lease = self._take(generation)
+                try:
+                    yield lease
+                except HSMError as exc:
+                    self._after_error(lease, exc)
+                    raise
+                except BaseException:
+                    # Unknown state mid-operation: don't lend this session again.
+                    self._discard(lease)
+                    raise
+                else:
+                    self._give_back(lease)
+        finally:
+            self._slots.release()
+
+    def _take(self, generation: int) -> Lease:
+        with self._lock:
+            while self._idle:
+                lease = self._idle.pop()
+                if lease.generation == generation:
+                    return lease
+            token = self._token
+        with translated("open session"):
+            session = token.open(rw=True)
+        return Lease(session, generation)
+
+    def _give_back(self, lease: Lease) -> None:
+        with self._lock:
+            if not self._closed and lease.generation == self.module.generation:
+                self._idle.append(lease)
+                return
+        self._discard(lease)
+
+    def _discard(self, lease: Lease) -> None:
+        # A session of an older generation is never touched: its handle may now be another's.
+        if lease.generation == self.module.generation:
+            self._close_quietly(lease.session)
+
+    def _after_error(self, lease: Lease, exc: HSMError) -> None:
+        recovery = recovery_for(exc)
+        if recovery is Recovery.NONE:
+            self._give_back(lease)
+        elif recovery is Recovery.KEYS:
+            lease.keys.clear()
+            self._give_back(lease)
+        elif recovery is Recovery.SESSION:
+            self._discard(lease)
+        else:
+            log.warning("token %s of %s lost (%s); will re-initialize the module",
+                        self.selector, self.module.path, exc.reason)
+            self._broken_generation = lease.generation
+            with self._lock:
+                self._idle.clear()
+
+    def drop_keys(self) -> None:
+        """Forget the key objects of every idle session (after keys were destroyed)."""
+        with self._lock:
+            for lease in self._idle:
+                lease.keys.clear()
+
+    @staticmethod
+    def _close_quietly(session: Any) -> None:
+        try:
+            session.close()
+        except p11e.PKCS11Error:
+            pass
+
+    def __repr__(self) -> str:
+        return f"SessionPool(token {self.selector}, module {self.module.path!r}, size={self.size})"
