@@ -54,15 +54,20 @@ class _Connection:
         self.member = member
         self.module = Module.acquire(member.module, member.env)
         try:
-            pool = SessionPool(self.module, member.token, member.pin, size=member.pool_size)
-            self.keyring = Keyring(pool, allow_unsafe_keys=allow_unsafe_keys).open()
+            pool = SessionPool.acquire(self.module, member.token, member.pin,
+                                       size=member.pool_size)
+            try:
+                self.keyring = Keyring(pool, allow_unsafe_keys=allow_unsafe_keys).open()
+            except BaseException:
+                pool.release()
+                raise
         except BaseException:
             self.module.release()
             raise
 
     def close(self) -> None:
         try:
-            self.keyring.close()
+            self.keyring.pool.release()
         finally:
             self.module.release()
 
@@ -172,7 +177,7 @@ def member_status(member: MemberConfig, *, allow_unsafe_keys: bool = False) -> M
         connection.close()
 
 
-def open(  # noqa: A001 - the public name users expect: hsm.open(...)
+def open(
     config: Config | str | os.PathLike[str] | None = None, *, allow_unsafe_keys: bool = False,
 ) -> Client:
     """Open a client on the config at ``config`` (or ``$HSM_CONFIG``, or ``./hsm.toml``)."""

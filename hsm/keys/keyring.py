@@ -67,7 +67,8 @@ class DataKey:
 
     def __repr__(self) -> str:
         return (f"DataKey(key_id={self.key_id!r}, version={self.version}, "
-                f"plaintext=<{len(self.plaintext)} bytes hidden>, wrapped=<{len(self.wrapped)} bytes>)")
+                f"plaintext=<{len(self.plaintext)} bytes hidden>, "
+                f"wrapped=<{len(self.wrapped)} bytes>)")
 
 
 def _plaintext_bytes(plaintext: object) -> bytes:
@@ -92,19 +93,10 @@ class Keyring:
     # -- life cycle ------------------------------------------------------------------------
 
     def open(self) -> Keyring:
-        self.pool.open()
+        """Probe the module's mechanisms (the pool must be open; the keyring doesn't own it)."""
         with self.pool.session() as lease, translated("probe mechanisms"):
             self._mechanisms = probe(lease.session)
         return self
-
-    def close(self) -> None:
-        self.pool.close()
-
-    def __enter__(self) -> Keyring:
-        return self.open()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def mechanisms(self) -> Mechanisms:
@@ -247,6 +239,7 @@ class Keyring:
             found = list(lease.session.get_objects({Attribute.CLASS: _SECRET,
                                                     Attribute.LABEL: label}))
         if not found:
+            self.pool.check_token(lease)
             raise KeyNotFound(f"no master key {key_id} version {version} on token "
                               f"{self.pool.selector}")
         if len(found) > 1:
@@ -269,6 +262,7 @@ class Keyring:
         key_id = str(uuid.UUID(bytes=kid))
         versions = [v for k, v in filter(None, map(parse_label, labels)) if k == key_id]
         if not versions:
+            self.pool.check_token(lease)
             raise KeyNotFound(f"no master key {key_id} on token {self.pool.selector}")
         self._latest[kid] = max(versions)
         return self._latest[kid]

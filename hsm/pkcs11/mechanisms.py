@@ -14,6 +14,7 @@ the output with ``cryptography``'s implementation of the same RFC:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -96,10 +97,8 @@ def probe(session: Any) -> Mechanisms:
         return Mechanisms(kw, pad, any_length, gcm, gcm_iv)
     finally:
         for obj in made:
-            try:
+            with contextlib.suppress(p11e.PKCS11Error):
                 obj.destroy()
-            except p11e.PKCS11Error:
-                pass
 
 
 def _probe_gcm(key: Any) -> tuple[bool, str]:

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ class Module:
         self._last_reinit = float("-inf")
         self._pid = os.getpid()
         self._lib: Any = None
+        self.failed = False  # the last re-initialize did not complete: try again first
 
     # -- registry -------------------------------------------------------------------------
 
@@ -125,10 +126,8 @@ class Module:
             for ident, module in list(_registry.items()):
                 if module is self:
                     del _registry[ident]
-            try:
+            with suppress(p11e.PKCS11Error):
                 self._lib.finalize()
-            except p11e.PKCS11Error:
-                pass
             self.generation += 1
             self._lib = None
             pkcs11.unload(self.path)
@@ -164,10 +163,28 @@ class Module:
         self.generation += 1
         self._pid = os.getpid()
 
+    def _restart_locked(self) -> None:
+        """Finalize (a module already down says so; ignored), initialize, OS locking.
+        The caller holds the loader lock."""
+        with self._environment():
+            with suppress(p11e.PKCS11Error):
+                self.lib.finalize()
+            with translated("initialize"):
+                self.lib.initialize()
+            self._enable_os_locking()
+
     def _enable_os_locking(self) -> None:
         try:
             enable_os_locking(self.path)
-        except (OSLockingError, OSError, AttributeError) as exc:
+        except OSLockingError as exc:
+            if not exc.initialized:
+                raise HSMUnavailable(f"PKCS#11 module {self.path} failed to initialize ({exc})",
+                                     reason="not_initialized") from None
+            log.warning("module %s refused OS locking (%s); serializing every call to it",
+                        self.path, exc)
+            self.os_locking = False
+            self.call_lock = threading.RLock()
+        except (OSError, AttributeError) as exc:
             log.warning("module %s refused OS locking (%s); serializing every call to it",
                         self.path, exc)
             self.os_locking = False
@@ -247,15 +264,11 @@ class Module:
                         reason="hung_calls",
                     )
                 self._cond.wait(left)
+        self.failed = True
         try:
-            with _loader_lock, self._environment():
-                try:
-                    self.lib.finalize()
-                except p11e.PKCS11Error:
-                    pass  # not initialized any more: exactly what we are repairing
-                with translated("initialize"):
-                    self.lib.initialize()
-                self._enable_os_locking()
+            with _loader_lock:
+                self._restart_locked()
+            self.failed = False
             log.info("PKCS#11 module %s re-initialized (generation %d)",
                      self.path, self.generation + 1)
         finally:
@@ -273,14 +286,7 @@ class Module:
             self._cond = threading.Condition()
             self._active = 0
             self._reinitializing = False
-            with self._environment():
-                try:
-                    self.lib.finalize()
-                except p11e.PKCS11Error:
-                    pass
-                with translated("initialize"):
-                    self.lib.initialize()
-                self._enable_os_locking()
+            self._restart_locked()
             self.generation += 1
             self._pid = os.getpid()
 

@@ -11,6 +11,7 @@ python-pkcs11 uses.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 __all__ = ["CKF_OS_LOCKING_OK", "OSLockingError", "enable_os_locking"]
 
@@ -20,11 +21,16 @@ _CKR_CRYPTOKI_NOT_INITIALIZED = 0x190
 
 
 class OSLockingError(Exception):
-    """The module refused ``C_Initialize`` with OS locking (it will be serialized instead)."""
+    """``C_Initialize`` with OS locking failed.
 
-    def __init__(self, rv: int) -> None:
+    ``initialized`` tells whether the plain ``C_Initialize(NULL)`` that followed worked (the
+    module then runs, but every call to it must be serialized) or not (the module is down).
+    """
+
+    def __init__(self, rv: int, *, initialized: bool = True) -> None:
         super().__init__(f"C_Initialize(CKF_OS_LOCKING_OK) returned 0x{rv:X}")
         self.rv = rv
+        self.initialized = initialized
 
 
 class _InitArgs(ctypes.Structure):
@@ -41,12 +47,12 @@ class _InitArgs(ctypes.Structure):
 _Fn = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
 
 
-def _functions(path: str) -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]:
+def _functions(path: str) -> tuple[Any, Any]:
     so = ctypes.CDLL(path)
     flist = ctypes.c_void_p()
     rv = so.C_GetFunctionList(ctypes.byref(flist))
     if rv != _CKR_OK or not flist.value:
-        raise OSLockingError(int(rv))
+        raise OSLockingError(int(rv), initialized=False)
     # CK_FUNCTION_LIST: CK_VERSION (2 bytes, padded to pointer alignment), then
     # C_Initialize, C_Finalize, ... as function pointers.
     table = ctypes.cast(flist, ctypes.POINTER(ctypes.c_void_p))
@@ -64,5 +70,5 @@ def enable_os_locking(path: str) -> None:
     args = _InitArgs(None, None, None, None, CKF_OS_LOCKING_OK, None)
     rv = int(c_initialize(ctypes.byref(args)))
     if rv != _CKR_OK:
-        c_initialize(None)
-        raise OSLockingError(rv)
+        plain = int(c_initialize(None))
+        raise OSLockingError(rv, initialized=plain == _CKR_OK)

@@ -15,15 +15,16 @@ cluster layer) decides that.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pkcs11.exceptions as p11e
 
-from hsm.errors import HSMError, HSMUnavailable, OperationFailed
+from hsm.errors import HSMError, HSMUnavailable, OperationFailed, PinIncorrect, TokenNotFound
 from hsm.pkcs11.module import Module, TokenSelector
 from hsm.pkcs11.pin import PinSource, Secret
 from hsm.pkcs11.translate import Recovery, recovery_for, translated
@@ -31,6 +32,10 @@ from hsm.pkcs11.translate import Recovery, recovery_for, translated
 __all__ = ["Lease", "SessionPool"]
 
 log = logging.getLogger(__name__)
+
+# Login is per token per process: every client of one token in this process shares a pool.
+_shared_lock = threading.Lock()
+_shared: dict[tuple[int, str], SessionPool] = {}
 
 
 class Lease:
@@ -69,6 +74,55 @@ class SessionPool:
         self._login_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
         self._closed = False
+        self._refs = 0
+        self._ident: tuple[int, str] = (0, "")
+
+    # -- sharing ---------------------------------------------------------------------------
+
+    @classmethod
+    def acquire(cls, module: Module, selector: TokenSelector, pin: PinSource, *,
+                size: int = 8) -> SessionPool:
+        """The process's open pool for this token, shared and counted; :meth:`release` it.
+
+        A second caller must know the same PIN: it is compared here, in constant time,
+        without a second login (the HSM allows one login per token per process).
+        """
+        token = module.find_token(selector)
+        ident = (id(module), SessionPool._serial_of(token))
+        with _shared_lock:
+            pool = _shared.get(ident)
+            if pool is not None and not pool._closed:
+                secret = pin.read()
+                known = pool._pin
+                if known is None or not hmac.compare_digest(
+                    secret.reveal().encode(), known.reveal().encode()
+                ):
+                    raise PinIncorrect(
+                        f"PIN for token {selector} differs from the one this process "
+                        "logged in with", reason="pin_incorrect",
+                    )
+                pool._refs += 1
+                return pool
+            pool = cls(module, selector, pin, size=size).open()
+            pool._refs = 1
+            pool._ident = ident
+            _shared[ident] = pool
+            return pool
+
+    def release(self) -> None:
+        """Give back one reference from :meth:`acquire`; the last one closes the pool."""
+        with _shared_lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            if _shared.get(self._ident) is self:
+                del _shared[self._ident]
+        self.close()
+
+    @staticmethod
+    def _serial_of(token: Any) -> str:
+        raw = token.serial
+        return (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -108,30 +162,42 @@ class SessionPool:
 
     @property
     def token_serial(self) -> str:
-        if self._token is None:
-            return ""
-        raw = self._token.serial
-        return (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip()
+        return "" if self._token is None else self._serial_of(self._token)
 
     # -- login -----------------------------------------------------------------------------
 
     def _ensure_login(self) -> None:
         """Log in unless the current module generation already has our login session."""
-        if self._login_generation == self.module.generation and self._login is not None:
+        generation = self.module.generation
+        if (self._login_generation == generation and self._broken_generation != generation
+                and self._login is not None):
             return
         with self._login_lock:
-            if self._broken_generation == self.module.generation:
-                self.module.reinitialize(self._broken_generation)
+            generation = self.module.generation
+            if self._broken_generation == generation or self.module.failed:
+                self.module.reinitialize(generation)
             if self._login_generation == self.module.generation and self._login is not None:
                 return
             if self._pin is None:
                 raise OperationFailed("session pool is not open", reason="not_open")
             with self.module.using() as generation:
-                token = self.module.find_token(self.selector)
+                try:
+                    token = self.module.find_token(self.selector)
+                except HSMUnavailable:
+                    self._broken_generation = generation
+                    raise
+                except TokenNotFound as exc:
+                    if self._token is None:
+                        raise
+                    # It was there before: the token is lost for now, not misconfigured.
+                    self._broken_generation = generation
+                    raise HSMUnavailable(str(exc), reason="token_lost") from None
                 try:
                     with translated("login"):
                         login = token.open(rw=True, user_pin=self._pin.reveal())
                 except HSMError as exc:
+                    if exc.transient:
+                        self._broken_generation = generation
                     if isinstance(exc.__cause__, p11e.UserAlreadyLoggedIn):
                         raise OperationFailed(
                             f"token {self.selector} is already logged in by other code in this "
@@ -215,6 +281,15 @@ class SessionPool:
             with self._lock:
                 self._idle.clear()
 
+    def check_token(self, lease: Lease) -> None:
+        """Ask the token for its info; raises :class:`HSMUnavailable` if it is gone.
+
+        A search that finds nothing can mean "no such key" or "the token is lost" (SoftHSM
+        answers both with an empty result); this tells them apart.
+        """
+        with translated("token info"):
+            lease.session.token.slot.get_token()
+
     def drop_keys(self) -> None:
         """Forget the key objects of every idle session (after keys were destroyed)."""
         with self._lock:
@@ -223,10 +298,8 @@ class SessionPool:
 
     @staticmethod
     def _close_quietly(session: Any) -> None:
-        try:
+        with suppress(p11e.PKCS11Error):
             session.close()
-        except p11e.PKCS11Error:
-            pass
 
     def __repr__(self) -> str:
         return f"SessionPool(token {self.selector}, module {self.module.path!r}, size={self.size})"

@@ -1,0 +1,73 @@
+"""The ``hsm`` pytest plugin: SoftHSM harnesses as fixtures (registered through ``pytest11``).
+
+Fixtures (all function scope, each test gets fresh tokens in its own ``tmp_path``):
+
+- ``hsm_harness_factory``: ``factory(members=1, *, names=None) -> Harness``; every harness
+  it made is torn down after the test.
+- ``hsm_harness``: a one-member harness.
+- ``hsm_config``: the path of that harness's ``hsm.toml``.
+- ``hsm_client``: ``hsm.open(hsm_config)``, closed after the test.
+
+Importing this plugin stays light: it never imports ``pkcs11`` or the client; ``hsm_client``
+imports :mod:`hsm` only when a test asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from hsm.testing.softhsm import Harness, harness_down, harness_up
+
+__all__ = [
+    "HarnessFactory",
+    "hsm_client",
+    "hsm_config",
+    "hsm_harness",
+    "hsm_harness_factory",
+]
+
+
+class HarnessFactory(Protocol):
+    """What ``hsm_harness_factory`` gives: build a harness of ``members`` SoftHSM instances."""
+
+    def __call__(self, members: int = 1, *, names: Sequence[str] | None = None) -> Harness: ...
+
+
+@pytest.fixture
+def hsm_harness_factory(tmp_path: Path) -> Iterator[HarnessFactory]:
+    """Build SoftHSM harnesses under ``tmp_path``; all of them are removed after the test."""
+    made: list[Path] = []
+
+    def make(members: int = 1, *, names: Sequence[str] | None = None) -> Harness:
+        directory = tmp_path / f"hsm-harness-{len(made)}"
+        made.append(directory)
+        return harness_up(directory, members, names=names)
+
+    yield make
+    for directory in reversed(made):
+        harness_down(directory)
+
+
+@pytest.fixture
+def hsm_harness(hsm_harness_factory: HarnessFactory) -> Harness:
+    """A fresh one-member SoftHSM harness."""
+    return hsm_harness_factory(1)
+
+
+@pytest.fixture
+def hsm_config(hsm_harness: Harness) -> Path:
+    """The ``hsm.toml`` of ``hsm_harness``."""
+    return hsm_harness.config_path
+
+
+@pytest.fixture
+def hsm_client(hsm_config: Path) -> Iterator[Any]:
+    """A client opened on ``hsm_config`` with ``hsm.open``, closed after the test."""
+    hsm = importlib.import_module("hsm")  # lazily: the plugin must import without the client
+    with hsm.open(hsm_config) as client:
+        yield client

@@ -1,0 +1,107 @@
+"""Recovery: lost tokens, finalized modules, generations, against real SoftHSM instances."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import hsm
+from hsm.pkcs11 import Module
+from hsm.testing import Harness
+from hsm.testing.plugin import HarnessFactory
+
+
+@pytest.fixture
+def harness(hsm_harness_factory: HarnessFactory) -> Harness:
+    return hsm_harness_factory(1)
+
+
+@pytest.fixture
+def client(harness: Harness) -> Iterator[hsm.Client]:
+    with hsm.open(harness.config_path) as c:
+        # Recovery is rate-limited (default: once per 5 s); these tests don't wait.
+        _module(c).reinit_interval = 0.0
+        yield c
+
+
+def _module(client: hsm.Client) -> Module:
+    assert client._primary is not None
+    return client._primary.module
+
+
+def _token_dir(harness: Harness) -> Path:
+    return harness.members[0].directory / "tokens"
+
+
+def test_lost_token_is_transient_and_heals(harness: Harness, client: hsm.Client) -> None:
+    """With the token directory gone, calls fail as HSMUnavailable (never KeyNotFound); once it
+    is back, the module is re-initialized and the old blobs open again."""
+    key = client.create_key()
+    dk = client.generate_data_key(key.key_id, context={"a": "b"})
+    generation = _module(client).generation
+    tokens = _token_dir(harness)
+    lost = tokens.with_name("tokens.lost")
+    tokens.rename(lost)
+    try:
+        for _ in range(3):
+            with pytest.raises(hsm.HSMUnavailable) as info:
+                client.unwrap(dk.wrapped, context={"a": "b"})
+            assert info.value.transient
+    finally:
+        lost.rename(tokens)
+    assert client.unwrap(dk.wrapped, context={"a": "b"}) == dk.plaintext
+    assert _module(client).generation > generation
+    again = client.generate_data_key(key.key_id)
+    assert client.unwrap(again.wrapped) == again.plaintext
+
+
+def test_module_finalized_under_the_client(client: hsm.Client) -> None:
+    """If other code finalizes the module, the next call fails transiently and the one
+    after recovers by itself."""
+    key = client.create_key()
+    blob = client.wrap(key.key_id, b"k" * 32)
+    module = _module(client)
+    generation = module.generation
+    module.lib.finalize()
+    with pytest.raises(hsm.HSMUnavailable):
+        client.unwrap(blob)
+    assert client.unwrap(blob) == b"k" * 32
+    assert module.generation == generation + 1
+
+
+def test_recovery_is_rate_limited(harness: Harness, client: hsm.Client) -> None:
+    """Within the re-initialize interval a broken module fails fast instead of reloading
+    again; after it, recovery goes ahead."""
+    now = [1000.0]
+    module = _module(client)
+    module._clock = lambda: now[0]
+    module.reinit_interval = 30.0
+    key = client.create_key()
+    blob = client.wrap(key.key_id, bytes(32))
+    module.lib.finalize()
+    with pytest.raises(hsm.HSMUnavailable):
+        client.unwrap(blob)
+    assert client.unwrap(blob) == bytes(32)  # first recovery: allowed
+    module.lib.finalize()
+    with pytest.raises(hsm.HSMUnavailable):
+        client.unwrap(blob)
+    with pytest.raises(hsm.HSMUnavailable, match="recovering"):
+        client.unwrap(blob)  # 0 s later: refused, no reload
+    now[0] += 31
+    assert client.unwrap(blob) == bytes(32)
+
+
+def test_sessions_of_an_old_generation_are_never_reused(client: hsm.Client) -> None:
+    """After a re-initialize, every idle session and key object from before is dropped."""
+    key = client.create_key()
+    blob = client.wrap(key.key_id, bytes(32))
+    pool = client._keyring.pool
+    before = list(pool._idle)
+    assert before
+    module = _module(client)
+    module.reinitialize(module.generation)
+    assert client.unwrap(blob) == bytes(32)
+    assert not any(lease in pool._idle for lease in before)
+    assert all(lease.generation == module.generation for lease in pool._idle)
