@@ -301,6 +301,8 @@ class Module:
                     token = slot.get_token()
                 except (p11e.TokenNotPresent, p11e.TokenNotRecognised):
                     continue
+                if not token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:
+                    continue  # SoftHSM's spare empty slot: nothing to choose there
                 found.append((token.label, _token_serial(token), token))
         return found
 

@@ -77,13 +77,22 @@ class PinSource:
         if self.kind == "file":
             return Secret(_read_pin_file(Path(self.where)))
         if ask is None:
-            if not sys.stdin.isatty():
+            if not _has_terminal():
                 raise PinSourceError("pin = 'prompt' needs a terminal; use env:VAR or file:PATH")
             ask = getpass.getpass
         value = ask(self.prompt_text)
         if not value:
             raise PinSourceError("no PIN was entered")
         return Secret(value)
+
+
+def _has_terminal() -> bool:
+    """getpass reads from the controlling terminal, so stdin may be a pipe."""
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return sys.stdin.isatty()
 
 
 def _read_pin_file(path: Path) -> str:

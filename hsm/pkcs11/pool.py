@@ -225,8 +225,7 @@ class SessionPool:
                 reason="pool_exhausted",
             )
         try:
-            self._ensure_login()
-            with self.module.using() as generation:
+            with self._logged_in_generation() as generation:
                 lease = self._take(generation)
                 try:
                     yield lease
@@ -241,6 +240,23 @@ class SessionPool:
                     self._give_back(lease)
         finally:
             self._slots.release()
+
+    @contextmanager
+    def _logged_in_generation(self) -> Iterator[int]:
+        """Enter the module in a generation whose login session exists.
+
+        A re-initialize can land between the login check and entering the module; a
+        session opened then would not be logged in (private keys invisible), so check
+        again once inside and go round if the generation moved.
+        """
+        for _ in range(3):
+            self._ensure_login()
+            with self.module.using() as generation:
+                if generation == self._login_generation:
+                    yield generation
+                    return
+        raise HSMUnavailable(f"module {self.module.path} keeps re-initializing",
+                             reason="recovering")
 
     def _take(self, generation: int) -> Lease:
         with self._lock:

@@ -23,7 +23,7 @@ from hsm.testing import Harness, harness_down, harness_up
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def run(*args: str, input: str | bytes | None = None) -> Result:  # noqa: A002 - click's name
+def run(*args: str, input: str | bytes | None = None) -> Result:
     """Run ``hsm ARGS`` in-process; stdout and stderr are kept apart."""
     return CliRunner().invoke(cli, list(args), input=input)
 
@@ -53,6 +53,11 @@ def one_error_line(result: Result) -> str:
     assert len(lines) == 1, lines
     assert lines[0].startswith("hsm: error: ")
     return lines[0]
+
+
+def chunks(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of ``size`` characters."""
+    return [text[i:i + size] for i in range(0, len(text), size)]
 
 
 @pytest.fixture(autouse=True)
@@ -238,15 +243,11 @@ def test_wrap_unwrap_via_stdin(config: str, key_id: str) -> None:
     """wrap reads base64 key material on stdin; unwrap reads the blob and prints the material."""
     material = os.urandom(48)
     blob = wrap(config, key_id, material, "app=x")
-    spread = "\n  ".join(textwrap_chunks(base64.b64encode(blob).decode(), 10)) + "\n\n"
+    spread = "\n  ".join(chunks(base64.b64encode(blob).decode(), 10)) + "\n\n"
     result = run("unwrap", "--config", config, "--context", "app=x", input=spread)
     assert result.exit_code == 0, result.stderr
     assert base64.b64decode(result.stdout) == material
     assert result.stdout.strip() == base64.b64encode(material).decode()
-
-
-def textwrap_chunks(text: str, size: int) -> list[str]:
-    return [text[i:i + size] for i in range(0, len(text), size)]
 
 
 def test_wrap_json(config: str, key_id: str) -> None:
@@ -337,6 +338,36 @@ def test_status_human_output(config: str) -> None:
     assert "mechanisms:" in result.stdout
 
 
+def test_status_on_a_terminal_is_a_table(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, status prints a rich table of the members."""
+    monkeypatch.setattr("hsm.cli.status.stdout_is_terminal", lambda: True)
+    result = run("status", "--config", config)
+    assert result.exit_code == 0, result.stderr
+    assert "HSM members" in result.stdout
+    assert "hsm-a" in result.stdout
+    assert "reachable" in result.stdout
+
+
+def test_status_exits_1_when_the_primary_is_unreachable(tmp_path: Path) -> None:
+    """status still reports every member but exits 1 when the primary member is unreachable."""
+    two = harness_up(tmp_path / "two", members=2)
+    try:
+        text = two.config_path.read_text(encoding="utf-8")
+        broken = tmp_path / "broken.toml"
+        broken.write_text(text.replace('token = "hsm-a"', 'token = "gone"'), encoding="utf-8")
+        result = run("status", "--config", str(broken), "--json")
+    finally:
+        harness_down(tmp_path / "two")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert [m["reachable"] for m in report["members"]] == [False, True]
+    assert "'gone'" in report["members"][0]["error"]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("hsm: error: primary member 'hsm-a' is unreachable (")
+    assert lines[0].endswith("1 other member(s) are reachable")
+
+
 # -- PINs ----------------------------------------------------------------------------------------
 
 
@@ -378,6 +409,20 @@ def test_missing_pin_file_is_one_error_line(tmp_path: Path) -> None:
         assert str(built.pin_file) in line
     finally:
         harness_down(tmp_path / "h")
+
+
+def test_pin_written_into_the_config_is_never_echoed(config: str, tmp_path: Path) -> None:
+    """A config holding a PIN itself is refused with one line that does not repeat it."""
+    text = Path(config).read_text(encoding="utf-8")
+    inline = tmp_path / "inline.toml"
+    start = text.index('pin = "')
+    end = text.index("\n", start)
+    inline.write_text(text[:start] + 'pin = "s3cr3t-pin-value"' + text[end:], encoding="utf-8")
+    for args in (["key", "list"], ["status", "--json"]):
+        result = run(*args, "--config", str(inline))
+        line = one_error_line(result)
+        assert "pin must be env:VAR, file:PATH or prompt" in line
+        assert "s3cr3t" not in result.stdout + result.stderr
 
 
 # -- harness --------------------------------------------------------------------------------------

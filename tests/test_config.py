@@ -1,0 +1,101 @@
+"""hsm.toml parsing: every problem is a ConfigError that names where it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import hsm
+from hsm.config import find_config_path, load_config
+
+GOOD = """
+[cluster]
+mode = "failover"
+quorum = 1
+deadline_ms = 1500
+
+[[member]]
+name = "hsm-a"
+module = "lib/libsofthsm2.so"
+token = "hsm-a"
+pin = "file:pin"
+env = { SOFTHSM2_CONF = "/x/softhsm2.conf" }
+
+[store]
+url = "sqlite:///hsm.db"
+"""
+
+
+def test_good_config(tmp_path: Path) -> None:
+    """A valid file parses; relative module and PIN paths are anchored at the file."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert config.cluster.deadline_ms == 1500
+    member = config.members[0]
+    assert member.module == str(tmp_path / "lib/libsofthsm2.so")
+    assert member.pin.where == str(tmp_path / "pin")
+    assert member.token.label == "hsm-a"
+    assert dict(member.env) == {"SOFTHSM2_CONF": "/x/softhsm2.conf"}
+    assert config.store.url == "sqlite:///hsm.db"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('pin = "file:pin"', 'pin = "123456"'), "never goes in the config"),
+        (('mode = "failover"', 'mode = "random"'), "mode must be"),
+        (("quorum = 1", "quorum = 3"), "quorum"),
+        (("deadline_ms = 1500", 'deadline_ms = "fast"'), "deadline_ms"),
+        (('token = "hsm-a"', 'token = "hsm-a"\nserial = "1"'), "exactly one"),
+        (('token = "hsm-a"', ""), "exactly one"),
+        (('name = "hsm-a"', 'name = "hsm-a"\ncolour = "red"'), "unknown key"),
+        (("[store]", "[stor]"), "unknown section"),
+        (('module = "lib/libsofthsm2.so"', ""), "'module' is required"),
+        (('env = { SOFTHSM2_CONF = "/x/softhsm2.conf" }', "env = { X = 1 }"),
+         "'env' must be a table of strings"),
+        (("[[member]]", "[[member]]\npool_size = 0"), "pool_size"),
+        (("[cluster]", "[cluster"), "not valid TOML"),
+    ],
+)
+def test_bad_configs(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    """Each mistake gives a ConfigError (a ValueError) that says what and where."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(GOOD.replace(*change))
+    with pytest.raises(hsm.ConfigError, match=message) as info:
+        load_config(path)
+    assert isinstance(info.value, ValueError)
+    assert "123456" not in str(info.value)
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    """A missing file, a directory or undecodable bytes each give ConfigError."""
+    with pytest.raises(hsm.ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+    with pytest.raises(hsm.ConfigError, match="can't be read"):
+        load_config(tmp_path)
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(hsm.ConfigError):
+        load_config(bad)
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config wins over $HSM_CONFIG, which wins over ./hsm.toml; none is an error."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HSM_CONFIG", raising=False)
+    with pytest.raises(hsm.ConfigError, match="no configuration"):
+        find_config_path()
+    (tmp_path / "hsm.toml").write_text(GOOD)
+    assert find_config_path() == Path("hsm.toml")
+    monkeypatch.setenv("HSM_CONFIG", "/env.toml")
+    assert find_config_path() == Path("/env.toml")
+    assert find_config_path("/explicit.toml") == Path("/explicit.toml")
+
+
+def test_default_quorum_fits_the_members(tmp_path: Path) -> None:
+    """Without a quorum line, a one-member cluster gets quorum 1 (2 needs two members)."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(GOOD.replace("quorum = 1\n", ""))
+    assert load_config(path).cluster.quorum == 1
