@@ -75,3 +75,9 @@ def test_lone_surrogates_are_refused() -> None:
     """A string that can't be UTF-8 encoded is an InvalidContext, not a UnicodeError."""
     with pytest.raises(InvalidContext):
         encode_context({"k": "\ud800"})
+
+
+def test_documented_examples() -> None:
+    """The byte examples in docs/FORMAT.md are what the code produces."""
+    assert encode_context({"a": "bc"}) == bytes.fromhex("0001000161000262 63".replace(" ", ""))
+    assert encode_context({"ab": "c"}) == bytes.fromhex("000100026162000163")

@@ -191,7 +191,11 @@ def import_wrapped_key(keyring: Keyring, wrapped: bytes, *, wrapping_key_label: 
     key_id = str(uuid.uuid4())
     label, cka_id, template = create_template(key_id, 1)
     with keyring.pool.session() as lease:
-        unwrapper = _find_secret(lease.session, wrapping_key_label, "wrapping key")
+        try:
+            unwrapper = _find_secret(lease.session, wrapping_key_label, "wrapping key")
+        except KeyNotFound:
+            keyring.pool.check_token(lease)  # an empty search may mean a lost token
+            raise
         obj = _unwrap(unwrapper, data, mechanism, key_type=KeyType.AES, label=label,
                       key_id=cka_id, token=True, capabilities=CAPABILITIES, template=template)
         try:

@@ -98,12 +98,13 @@ def _parse(filename: str) -> list[Vector]:
 
 VECTOR_FILES = ("KW_AE_256.txt", "KW_AD_256.txt", "KWP_AE_256.txt", "KWP_AD_256.txt")
 VECTORS = {name: _parse(name) for name in VECTOR_FILES}
-CASES = [
-    pytest.param(name, bits, id=f"{name.removesuffix('.txt')}-{bits}")
-    for name in VECTOR_FILES
-    for bits in sorted({v.bits for v in VECTORS[name]})
-]
+LENGTHS = [(name, bits) for name in VECTOR_FILES
+           for bits in sorted({v.bits for v in VECTORS[name]})]
 
+
+def _cases(direction: str) -> list[Any]:
+    return [pytest.param(name, bits, id=f"{name.removesuffix('.txt')}-{bits}")
+            for name, bits in LENGTHS if direction in name]
 
 def _sample(name: str, bits: int) -> list[Vector]:
     return [v for v in VECTORS[name] if v.bits == bits][:SAMPLE_PER_LENGTH]
@@ -146,19 +147,19 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Token, To
         for member in harness.members:
             module = Module.acquire(member.module, member.env)
             try:
-                pool = SessionPool(module, TokenSelector(label=member.token_label),
-                                   PinSource.parse(f"file:{harness.pin_file}"))
-                opened.append(Token(module, Keyring(pool).open()))
+                pool = SessionPool.acquire(module, TokenSelector(label=member.token_label),
+                                           PinSource.parse(f"file:{harness.pin_file}"))
             except BaseException:
                 module.release()
                 raise
+            opened.append(Token(module, Keyring(pool)))
+            opened[-1].keyring.open()
         yield opened[0], opened[1]
     finally:
         for token in reversed(opened):
-            token.keyring.close()
+            token.pool.release()
             token.module.release()
         harness_down(directory)
-
 
 @pytest.fixture(scope="module")
 def token_a(tokens: tuple[Token, Token]) -> Token:
@@ -257,7 +258,7 @@ def test_softhsm_probe_matches_the_documented_quirks(token_a: Token) -> None:
 # -- NIST vectors through the HSM ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "bits"), [c for c in CASES if "_AE_" in c.values[0]])
+@pytest.mark.parametrize(("name", "bits"), _cases("_AE_"))
 def test_wrap_matches_nist_vectors(token_a: Token, name: str, bits: int) -> None:
     """C_WrapKey of P under K gives the vector's C (KWP of odd lengths: refused on SoftHSM)."""
     which = _which(name)
@@ -290,7 +291,7 @@ def _unwrap_test_key(session: Any, wrapper: Any, blob: bytes, which: WrapMechani
                              extractable=True, sensitive=False, capabilities=NO_CAPABILITIES)
 
 
-@pytest.mark.parametrize(("name", "bits"), [c for c in CASES if "_AD_" in c.values[0]])
+@pytest.mark.parametrize(("name", "bits"), _cases("_AD_"))
 def test_unwrap_matches_nist_vectors(token_a: Token, name: str, bits: int) -> None:
     """C_UnwrapKey of C under K gives P, and every FAIL vector raises InvalidCiphertext."""
     which = _which(name)
@@ -319,7 +320,7 @@ def test_unwrap_matches_nist_vectors(token_a: Token, name: str, bits: int) -> No
 def test_vector_sample_covers_fail_cases() -> None:
     """The sampled decrypt vectors include FAIL cases for both KW and KWP."""
     for name in ("KW_AD_256.txt", "KWP_AD_256.txt"):
-        sampled = [v for c in CASES if c.values[0] == name for v in _sample(name, c.values[1])]
+        sampled = [v for n, bits in LENGTHS if n == name for v in _sample(name, bits)]
         assert any(v.p is None for v in sampled), name
         assert any(v.p is not None for v in sampled), name
 
@@ -433,7 +434,7 @@ def _master_labels(token: Token) -> set[str]:
 def test_import_wrapped_key_makes_a_locked_master_key(
     token_a: Token, import_kek: tuple[str, bytes], which: WrapMechanism,
 ) -> None:
-    """An imported key is a new version-1 token master key, sensitive, non-extractable, right KCV."""
+    """An imported key is a new version-1 master key: locked in the HSM, with the right KCV."""
     label, kek = import_kek
     material = os.urandom(32)
     wrap = keywrap.aes_key_wrap if which is KW else keywrap.aes_key_wrap_with_padding
@@ -472,7 +473,7 @@ def test_imported_key_seals_and_opens_with_keyring(
     label, kek = import_kek
     info = import_wrapped_key(token_a.keyring, keywrap.aes_key_wrap_with_padding(
         kek, os.urandom(32)), wrapping_key_label=label)
-    keyring = Keyring(token_a.pool).open()  # default policy; shares the open pool
+    keyring = Keyring(token_a.pool).open()  # default policy, on the open pool
     blob = keyring.wrap(info.key_id, b"data key material", {"tenant": "acme"})
     assert keyring.unwrap(blob, {"tenant": "acme"}) == b"data key material"
 
@@ -484,7 +485,7 @@ def test_imported_key_works_for_keyring_when_value_len_is_waived(
     label, kek = import_kek
     info = import_wrapped_key(token_a.keyring, keywrap.aes_key_wrap_with_padding(
         kek, os.urandom(32)), wrapping_key_label=label)
-    keyring = Keyring(token_a.pool, allow_unsafe_keys=True).open()  # shares the open pool
+    keyring = Keyring(token_a.pool, allow_unsafe_keys=True).open()
     blob = keyring.wrap(info.key_id, b"data key material", {"tenant": "acme"})
     assert keyring.unwrap(blob, {"tenant": "acme"}) == b"data key material"
     with pytest.raises(InvalidCiphertext):

@@ -49,7 +49,7 @@ def test_probed_mechanisms_on_softhsm(hsm_client: hsm.Client) -> None:
 def test_missing_module_is_a_clear_error(tmp_path: Path, hsm_harness: Harness) -> None:
     """A module path that does not exist gives ModuleLoadError naming the path."""
     config = _write_config(tmp_path / "c.toml", hsm_harness, module=str(tmp_path / "nope.so"))
-    with pytest.raises(hsm.ModuleLoadError, match="nope.so"):
+    with pytest.raises(hsm.ModuleLoadError, match=r"nope\.so"):
         hsm.open(config)
 
 
