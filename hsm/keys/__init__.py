@@ -6,6 +6,22 @@ are built from.
 
 from hsm.keys.blob import SealedBlob, parse_blob
 from hsm.keys.keyring import DataKey, Keyring
+from hsm.keys.keywrap import (
+    WrapMechanism,
+    import_wrapped_key,
+    unwrap_key_object,
+    wrap_key_object,
+)
 from hsm.keys.master import KeyInfo
 
-__all__ = ["DataKey", "KeyInfo", "Keyring", "SealedBlob", "parse_blob"]
+__all__ = [
+    "DataKey",
+    "KeyInfo",
+    "Keyring",
+    "SealedBlob",
+    "WrapMechanism",
+    "import_wrapped_key",
+    "parse_blob",
+    "unwrap_key_object",
+    "wrap_key_object",
+]

@@ -119,6 +119,10 @@ def check_attributes(attrs: dict[Any, Any], label: str, *, allow_unsafe: bool) -
         Attribute.VERIFY: False,
         Attribute.DERIVE: False,
     }
+    if attrs.get(Attribute.VALUE_LEN) == 0 and attrs.get(Attribute.KEY_TYPE) == KeyType.AES:
+        # SoftHSM 2.6 records no length on keys made by C_UnwrapKey (its issue #628); the
+        # import path proves the length itself, so "not reported" is not a violation.
+        want.pop(Attribute.VALUE_LEN)
     wrong = sorted(a.name for a, v in want.items() if attrs.get(a) != v)
     if not wrong:
         return

@@ -28,7 +28,6 @@ from hsm.errors import (
     KeyNotFound,
     MechanismUnsupported,
     OperationFailed,
-    UnsafeKey,
 )
 from hsm.keys import Keyring
 from hsm.keys.keywrap import (
@@ -461,11 +460,6 @@ def test_import_wrapped_key_makes_a_locked_master_key(
     assert _hsm_kcv(obj) == info.kcv
 
 
-@pytest.mark.xfail(
-    strict=True, raises=UnsafeKey,
-    reason="SoftHSM 2.6.1 reads CKA_VALUE_LEN=0 on keys made by C_UnwrapKey (its issue #628) "
-           "and hsm.keys.master.check_attributes demands 32: Keyring refuses imported keys",
-)
 def test_imported_key_seals_and_opens_with_keyring(
     token_a: Token, import_kek: tuple[str, bytes],
 ) -> None:
@@ -492,11 +486,6 @@ def test_imported_key_works_for_keyring_when_value_len_is_waived(
         keyring.unwrap(blob, {"tenant": "other"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keyring._kcv takes SoftHSM's empty CKA_CHECK_VALUE on unwrapped keys (SoftHSM "
-           "issue #570) as the KCV instead of computing it: list_keys shows kcv ''",
-)
 def test_list_keys_shows_the_imported_kcv(token_a: Token, import_kek: tuple[str, bytes]) -> None:
     """Keyring.list_keys reports an imported key with its key check value."""
     label, kek = import_kek
