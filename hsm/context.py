@@ -49,14 +49,25 @@ def validate_context(context: object) -> dict[str, str]:
 
 
 def encode_context(context: Mapping[str, str] | None) -> bytes:
-    """Encode a context injectively (see the module docstring)."""
-    if context is None or (isinstance(context, Mapping) and not context):
-        return _EMPTY
-    pairs = validate_context(context)
+    """Encode a context injectively (see the module docstring). One pass: checks and
+    encoding together, since this runs on every call."""
+    if not context:
+        if context is None or isinstance(context, Mapping):
+            return _EMPTY
+        validate_context(context)  # raises: a falsy non-mapping
+    if not isinstance(context, dict):
+        context = validate_context(context)
+    if len(context) > MAX_PAIRS:
+        raise InvalidContext(f"encryption context has {len(context)} pairs; at most {MAX_PAIRS}")
     try:
-        items = sorted((k.encode(), v.encode()) for k, v in pairs.items())
+        items = sorted((k.encode(), v.encode()) for k, v in context.items())
+    except AttributeError:
+        validate_context(context)  # names the offending types
+        raise
     except UnicodeEncodeError as exc:
         raise InvalidContext("encryption context holds a string that is not valid Unicode") from exc
+    if not all(type(k) is str and type(v) is str for k, v in context.items()):
+        validate_context(context)  # str subclasses with odd encode(): be strict
     parts = [_U16.pack(len(items))]
     size = 2
     for k, v in items:

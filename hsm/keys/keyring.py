@@ -89,6 +89,7 @@ class Keyring:
         self._mechanisms: Mechanisms | None = None
         self._verified: set[tuple[bytes, int, int]] = set()  # (uuid, version, generation)
         self._latest: dict[bytes, int] = {}
+        self._kids: dict[str, bytes] = {}  # key id text -> UUID bytes, parsed once
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ class Keyring:
         """``size`` random bytes from the HSM's RNG, returned in plaintext and sealed."""
         if size not in (16, 24, 32, 64):
             raise InvalidInput("data key size must be 16, 24, 32 or 64 bytes")
-        kid = key_id_bytes(key_id)
+        kid = self._kid(key_id)
         ctx = encode_context(context)
         self._need_caller_iv()
         with self.pool.session() as lease:
@@ -184,7 +185,7 @@ class Keyring:
     def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any = None) -> bytes:
         """Seal a caller's key material under the current version of ``key_id``."""
         data = _plaintext_bytes(plaintext)
-        kid = key_id_bytes(key_id)
+        kid = self._kid(key_id)
         ctx = encode_context(context)
         self._need_caller_iv()
         with self.pool.session() as lease:
@@ -211,6 +212,14 @@ class Keyring:
             return bytes(lease.session.generate_random(size * 8))
 
     # -- internals -------------------------------------------------------------------------
+
+    def _kid(self, key_id: str) -> bytes:
+        kid = self._kids.get(key_id) if type(key_id) is str else None
+        if kid is None:
+            kid = key_id_bytes(key_id)
+            if len(self._kids) < 4096:
+                self._kids[key_id] = kid
+        return kid
 
     def _need_caller_iv(self) -> None:
         if self.mechanisms.gcm_iv != "caller":

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # C_Initialize, so with several instances the variable must be right at that moment.
 _loader_lock = threading.Lock()
 _registry: dict[tuple[int, int], Module] = {}
+_fork_epoch = 0  # bumped in a forked child: every module then re-initializes before use
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Module:
         self._reinitializing = False
         self._last_reinit = float("-inf")
         self._pid = os.getpid()
+        self._fork_epoch = _fork_epoch
         self._lib: Any = None
         self.failed = False  # the last re-initialize did not complete: try again first
 
@@ -203,7 +205,7 @@ class Module:
 
     def enter(self) -> int:
         """Count a call in flight; returns the generation it runs in. Pair with :meth:`exit`."""
-        if os.getpid() != self._pid:
+        if self._fork_epoch != _fork_epoch:
             self._after_fork()
         with self._cond:
             while self._reinitializing:
@@ -281,7 +283,10 @@ class Module:
     def _after_fork(self) -> None:
         """In a forked child: the parent's sessions mean nothing here; initialize afresh."""
         with _loader_lock:
-            if os.getpid() == self._pid:
+            if self._fork_epoch == _fork_epoch:
+                return
+            if os.getpid() == self._pid:  # loaded in this process after all
+                self._fork_epoch = _fork_epoch
                 return
             self._cond = threading.Condition()
             self._active = 0
@@ -289,6 +294,7 @@ class Module:
             self._restart_locked()
             self.generation += 1
             self._pid = os.getpid()
+            self._fork_epoch = _fork_epoch
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -322,8 +328,10 @@ class Module:
 
 
 def _after_fork_in_child() -> None:
-    global _loader_lock
+    # Checked on every call instead of os.getpid(), a syscall (dear in sandboxes).
+    global _loader_lock, _fork_epoch
     _loader_lock = threading.Lock()
+    _fork_epoch += 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

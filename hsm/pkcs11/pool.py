@@ -18,8 +18,8 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
+from types import TracebackType
 from typing import Any
 
 import pkcs11.exceptions as p11e
@@ -52,6 +52,24 @@ class Lease:
         return f"Lease(generation={self.generation}, keys={len(self.keys)})"
 
 
+class _Lending:
+    """The context manager :meth:`SessionPool.session` returns (a class: it is on every
+    call's hot path, where a generator-based one costs several microseconds)."""
+
+    __slots__ = ("_lease", "_pool")
+
+    def __init__(self, pool: SessionPool) -> None:
+        self._pool = pool
+
+    def __enter__(self) -> Lease:
+        self._lease = self._pool._lend()
+        return self._lease
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._pool._return(self._lease, exc)
+
+
 class SessionPool:
     """Sessions on one token of one module. Thread-safe; use as a context manager."""
 
@@ -72,7 +90,8 @@ class SessionPool:
         self._idle: list[Lease] = []
         self._lock = threading.Lock()  # guards _idle and the login fields, never an HSM call
         self._login_lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(size)
+        self._free = threading.Condition(threading.Lock())  # guards _out: leases out now
+        self._out = 0
         self._closed = False
         self._refs = 0
         self._ident: tuple[int, str] = (0, "")
@@ -214,49 +233,76 @@ class SessionPool:
 
     # -- leases ----------------------------------------------------------------------------
 
-    @contextmanager
-    def session(self) -> Iterator[Lease]:
-        """Lend a worker session. Errors raised inside are acted on, then re-raised."""
+    def session(self) -> _Lending:
+        """Lend a worker session: ``with pool.session() as lease:``. Errors raised inside
+        are acted on (see the module docstring), then re-raised."""
+        return _Lending(self)
+
+    def _lend(self) -> Lease:
         if self._closed:
             raise OperationFailed("session pool is closed", reason="closed")
-        if not self._slots.acquire(timeout=self.acquire_timeout):
-            raise HSMUnavailable(
-                f"no session free on token {self.selector} after {self.acquire_timeout}s",
-                reason="pool_exhausted",
-            )
+        with self._free:
+            if self._out >= self.size and not self._free.wait_for(
+                lambda: self._out < self.size, timeout=self.acquire_timeout
+            ):
+                raise HSMUnavailable(
+                    f"no session free on token {self.selector} after {self.acquire_timeout}s",
+                    reason="pool_exhausted",
+                )
+            self._out += 1
         try:
-            with self._logged_in_generation() as generation:
+            generation = self._enter_logged_in()
+            try:
                 lease = self._take(generation)
-                try:
-                    yield lease
-                except HSMError as exc:
-                    self._after_error(lease, exc)
-                    raise
-                except BaseException:
-                    # Unknown state mid-operation: don't lend this session again.
-                    self._discard(lease)
-                    raise
-                else:
-                    self._give_back(lease)
-        finally:
-            self._slots.release()
+            except BaseException:
+                self._leave()
+                raise
+        except BaseException:
+            self._release_slot()
+            raise
+        return lease
 
-    @contextmanager
-    def _logged_in_generation(self) -> Iterator[int]:
+    def _return(self, lease: Lease, exc: BaseException | None) -> None:
+        try:
+            if exc is None:
+                self._give_back(lease)
+            elif isinstance(exc, HSMError):
+                self._after_error(lease, exc)
+            else:
+                # Unknown state mid-operation: don't lend this session again.
+                self._discard(lease)
+        finally:
+            self._leave()
+            self._release_slot()
+
+    def _enter_logged_in(self) -> int:
         """Enter the module in a generation whose login session exists.
 
         A re-initialize can land between the login check and entering the module; a
         session opened then would not be logged in (private keys invisible), so check
         again once inside and go round if the generation moved.
         """
+        module = self.module
         for _ in range(3):
             self._ensure_login()
-            with self.module.using() as generation:
-                if generation == self._login_generation:
-                    yield generation
-                    return
-        raise HSMUnavailable(f"module {self.module.path} keeps re-initializing",
-                             reason="recovering")
+            generation = module.enter()
+            if generation == self._login_generation:
+                if module.call_lock is not None:
+                    module.call_lock.acquire()
+                return generation
+            module.exit()
+        raise HSMUnavailable(f"module {module.path} keeps re-initializing", reason="recovering")
+
+    def _leave(self) -> None:
+        call_lock = self.module.call_lock
+        if call_lock is not None:
+            call_lock.release()
+        self.module.exit()
+
+    def _release_slot(self) -> None:
+        with self._free:
+            self._out -= 1
+            self._free.notify()
 
     def _take(self, generation: int) -> Lease:
         with self._lock:

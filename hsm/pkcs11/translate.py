@@ -13,8 +13,7 @@ On SoftHSM a tampered blob, a wrong key, a wrong GCM tag or AAD all come back as
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 import pkcs11.exceptions as p11e
 
@@ -111,14 +110,24 @@ def _translate(exc: p11e.PKCS11Error, operation: str, integrity: bool) -> HSMErr
     )
 
 
-@contextmanager
-def translated(operation: str, *, integrity: bool = False) -> Iterator[None]:
+class translated:  # used like a function: ``with translated("unwrap"):``
     """Run a block of python-pkcs11 calls; re-raise its errors as this package's.
 
     ``operation`` names the call in the message ("unwrap", "login"...). ``integrity=True``
     for decrypt/unwrap, where SoftHSM's ``GeneralError`` means a verification failure.
+    A class rather than a generator: it sits on every call's hot path.
     """
-    try:
-        yield
-    except p11e.PKCS11Error as exc:
-        raise _translate(exc, operation, integrity) from exc
+
+    __slots__ = ("integrity", "operation")
+
+    def __init__(self, operation: str, *, integrity: bool = False) -> None:
+        self.operation = operation
+        self.integrity = integrity
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if isinstance(exc, p11e.PKCS11Error):
+            raise _translate(exc, self.operation, self.integrity) from exc
