@@ -216,8 +216,8 @@ class Module:
     def exit(self) -> None:
         with self._cond:
             self._active -= 1
-            if self._active == 0:
-                self._cond.notify_all()
+            if self._active == 0 and self._reinitializing:
+                self._cond.notify_all()  # a re-initialize is waiting for the drain
 
     @contextmanager
     def using(self) -> Iterator[int]:

@@ -92,6 +92,7 @@ class SessionPool:
         self._login_lock = threading.Lock()
         self._free = threading.Condition(threading.Lock())  # guards _out: leases out now
         self._out = 0
+        self._waiting = 0
         self._closed = False
         self._refs = 0
         self._ident: tuple[int, str] = (0, "")
@@ -242,13 +243,17 @@ class SessionPool:
         if self._closed:
             raise OperationFailed("session pool is closed", reason="closed")
         with self._free:
-            if self._out >= self.size and not self._free.wait_for(
-                lambda: self._out < self.size, timeout=self.acquire_timeout
-            ):
-                raise HSMUnavailable(
-                    f"no session free on token {self.selector} after {self.acquire_timeout}s",
-                    reason="pool_exhausted",
-                )
+            if self._out >= self.size:
+                self._waiting += 1
+                try:
+                    if not self._free.wait_for(lambda: self._out < self.size,
+                                               timeout=self.acquire_timeout):
+                        raise HSMUnavailable(
+                            f"no session free on token {self.selector} after "
+                            f"{self.acquire_timeout}s", reason="pool_exhausted",
+                        )
+                finally:
+                    self._waiting -= 1
             self._out += 1
         try:
             generation = self._enter_logged_in()
@@ -302,7 +307,8 @@ class SessionPool:
     def _release_slot(self) -> None:
         with self._free:
             self._out -= 1
-            self._free.notify()
+            if self._waiting:
+                self._free.notify()
 
     def _take(self, generation: int) -> Lease:
         with self._lock:
