@@ -88,15 +88,18 @@ class Client:
         self.config = config
         self.allow_unsafe_keys = allow_unsafe_keys
         self._primary: _Connection | None = None
+        self._ring: Keyring | None = None  # the primary's keyring, read on every call
 
     def open(self) -> Client:
         if self._primary is None:
             self._primary = _Connection(self.config.members[0],
                                         allow_unsafe_keys=self.allow_unsafe_keys)
+            self._ring = self._primary.keyring
         return self
 
     def close(self) -> None:
         primary, self._primary = self._primary, None
+        self._ring = None
         if primary is not None:
             primary.close()
 
@@ -108,10 +111,12 @@ class Client:
 
     @property
     def _keyring(self) -> Keyring:
-        if self._primary is None:
-            raise OperationFailed("client is not open; use 'with hsm.open(...) as client'",
-                                  reason="not_open")
-        return self._primary.keyring
+        return self._ring or self._not_open()
+
+    @staticmethod
+    def _not_open() -> Keyring:
+        raise OperationFailed("client is not open; use 'with hsm.open(...) as client'",
+                              reason="not_open")
 
     # -- master keys -----------------------------------------------------------------------
 
@@ -131,16 +136,16 @@ class Client:
     def generate_data_key(self, key_id: str, context: Mapping[str, str] | None = None,
                           ) -> DataKey:
         """A fresh 32-byte data key: ``.plaintext`` (bytearray) and ``.wrapped`` (bytes)."""
-        return self._keyring.generate_data_key(key_id, context)
+        return (self._ring or self._not_open()).generate_data_key(key_id, context)
 
     def wrap(self, key_id: str, plaintext: bytes | bytearray,
              context: Mapping[str, str] | None = None) -> bytes:
         """Seal key material under ``key_id``, bound to ``context``."""
-        return self._keyring.wrap(key_id, plaintext, context)
+        return (self._ring or self._not_open()).wrap(key_id, plaintext, context)
 
     def unwrap(self, blob: bytes, context: Mapping[str, str] | None = None) -> bytearray:
         """Open a sealed blob with the same context it was sealed with."""
-        return self._keyring.unwrap(blob, context)
+        return (self._ring or self._not_open()).unwrap(blob, context)
 
     def generate_random(self, size: int) -> bytes:
         return self._keyring.generate_random(size)

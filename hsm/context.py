@@ -25,6 +25,8 @@ MAX_ENCODED = 8192
 
 _U16 = struct.Struct(">H")
 _EMPTY = b"\x00\x00"
+_CACHE_SIZE = 512
+_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
 
 
 def validate_context(context: object) -> dict[str, str]:
@@ -49,33 +51,41 @@ def validate_context(context: object) -> dict[str, str]:
 
 
 def encode_context(context: Mapping[str, str] | None) -> bytes:
-    """Encode a context injectively (see the module docstring). One pass: checks and
-    encoding together, since this runs on every call."""
+    """Encode a context injectively (see the module docstring).
+
+    Runs on every call, so recent encodings are cached by the context's items (the
+    context is not secret: it is additional data, stored in logs by design). Only
+    contexts that passed validation are cached.
+    """
     if not context:
         if context is None or isinstance(context, Mapping):
             return _EMPTY
         validate_context(context)  # raises: a falsy non-mapping
-    if not isinstance(context, dict):
-        context = validate_context(context)
-    if len(context) > MAX_PAIRS:
-        raise InvalidContext(f"encryption context has {len(context)} pairs; at most {MAX_PAIRS}")
     try:
-        items = sorted((k.encode(), v.encode()) for k, v in context.items())
-    except AttributeError:
-        validate_context(context)  # names the offending types
-        raise
+        items = tuple(context.items())
+        cached = _cache.get(items)
+    except (AttributeError, TypeError):  # not a mapping, or unhashable values
+        items, cached = None, None
+    if cached is not None:
+        return cached
+    pairs = validate_context(context)
+    try:
+        encoded = sorted((k.encode(), v.encode()) for k, v in pairs.items())
     except UnicodeEncodeError as exc:
         raise InvalidContext("encryption context holds a string that is not valid Unicode") from exc
-    if not all(type(k) is str and type(v) is str for k, v in context.items()):
-        validate_context(context)  # str subclasses with odd encode(): be strict
-    parts = [_U16.pack(len(items))]
+    parts = [_U16.pack(len(encoded))]
     size = 2
-    for k, v in items:
+    for k, v in encoded:
         size += 4 + len(k) + len(v)
         if size > MAX_ENCODED:
             raise InvalidContext(f"encryption context is larger than {MAX_ENCODED} bytes encoded")
         parts += (_U16.pack(len(k)), k, _U16.pack(len(v)), v)
-    return b"".join(parts)
+    out = b"".join(parts)
+    if items is not None and all(type(k) is str and type(v) is str for k, v in items):
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.clear()
+        _cache[items] = out
+    return out
 
 
 def decode_context(data: bytes) -> dict[str, str]:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import struct
 import uuid
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hsm.errors import InvalidCiphertext
 
-__all__ = ["HEADER_SIZE", "MAGIC", "MAX_PLAINTEXT", "SealedBlob", "parse_blob"]
+__all__ = ["HEADER_SIZE", "MAGIC", "MAX_PLAINTEXT", "SealedBlob", "pack_header", "parse_blob"]
 
 MAGIC = b"HSMK"
 FORMAT_VERSION = 1
@@ -39,13 +39,17 @@ MAX_PLAINTEXT = 1024
 
 _HEADER = struct.Struct(">4sBB16sI12s")
 HEADER_SIZE = _HEADER.size  # 38
+pack_header = _HEADER.pack  # (MAGIC, FORMAT_VERSION, ALG_AES256_GCM, key uuid, version, iv)
+_unpack_header = _HEADER.unpack_from
 MIN_SIZE = HEADER_SIZE + 1 + TAG_SIZE
 MAX_SIZE = HEADER_SIZE + MAX_PLAINTEXT + TAG_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class SealedBlob:
-    """A parsed blob. ``header`` is the exact 38 bytes authenticated as AAD."""
+class SealedBlob(NamedTuple):
+    """A parsed blob. ``header`` is the exact 38 bytes authenticated as AAD.
+
+    A named tuple (not a dataclass): it is built on every unwrap.
+    """
 
     key_uuid: bytes
     version: int
@@ -59,17 +63,18 @@ class SealedBlob:
 
     @staticmethod
     def header_for(key_uuid: bytes, version: int, iv: bytes) -> bytes:
-        return _HEADER.pack(MAGIC, FORMAT_VERSION, ALG_AES256_GCM, key_uuid, version, iv)
+        return pack_header(MAGIC, FORMAT_VERSION, ALG_AES256_GCM, key_uuid, version, iv)
 
 
 def parse_blob(data: bytes) -> SealedBlob:
     """Parse and bound-check a sealed blob (any bytes in, a blob or InvalidCiphertext out)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise InvalidCiphertext("sealed blob must be bytes", reason="malformed")
-    data = bytes(data)
+    if type(data) is not bytes:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidCiphertext("sealed blob must be bytes", reason="malformed")
+        data = bytes(data)
     if not MIN_SIZE <= len(data) <= MAX_SIZE:
         raise InvalidCiphertext("sealed blob has an impossible length", reason="malformed")
-    magic, fmt, alg, key_uuid, version, iv = _HEADER.unpack_from(data)
+    magic, fmt, alg, key_uuid, version, iv = _unpack_header(data)
     if magic != MAGIC:
         raise InvalidCiphertext("not a sealed hsm data key", reason="malformed")
     if fmt != FORMAT_VERSION:

@@ -26,7 +26,11 @@ from hsm.errors import (
     OperationFailed,
     UnsafeKey,
 )
-from hsm.keys.blob import MAX_PLAINTEXT, SealedBlob, parse_blob
+from hsm.keys.blob import ALG_AES256_GCM as _ALG
+from hsm.keys.blob import FORMAT_VERSION as _FORMAT
+from hsm.keys.blob import MAGIC as _MAGIC
+from hsm.keys.blob import MAX_PLAINTEXT, parse_blob
+from hsm.keys.blob import pack_header as _header
 from hsm.keys.master import (
     CAPABILITIES,
     POLICY_ATTRIBUTES,
@@ -37,7 +41,7 @@ from hsm.keys.master import (
     label_for,
     parse_label,
 )
-from hsm.pkcs11 import Lease, Mechanisms, SessionPool, probe, translated
+from hsm.pkcs11 import Lease, Mechanisms, SessionPool, probe, translate_error, translated
 
 __all__ = ["DataKey", "Keyring"]
 
@@ -87,6 +91,7 @@ class Keyring:
         self.pool = pool
         self.allow_unsafe_keys = allow_unsafe_keys
         self._mechanisms: Mechanisms | None = None
+        self._caller_iv = False
         self._verified: set[tuple[bytes, int, int]] = set()  # (uuid, version, generation)
         self._latest: dict[bytes, int] = {}
         self._kids: dict[str, bytes] = {}  # key id text -> UUID bytes, parsed once
@@ -97,6 +102,7 @@ class Keyring:
         """Probe the module's mechanisms (the pool must be open; the keyring doesn't own it)."""
         with self.pool.session() as lease, translated("probe mechanisms"):
             self._mechanisms = probe(lease.session)
+        self._caller_iv = self._mechanisms.gcm_iv == "caller"
         return self
 
     @property
@@ -175,12 +181,19 @@ class Keyring:
         ctx = encode_context(context)
         self._need_caller_iv()
         with self.pool.session() as lease:
-            version = self._latest_version(lease, kid)
-            key = self._key(lease, kid, version)
-            with translated("generate data key"):
+            version = self._latest.get(kid) or self._latest_version(lease, kid)
+            key = lease.keys.get((kid, version))
+            if key is None:
+                key = self._key(lease, kid, version)
+            iv = os.urandom(12)
+            header = _header(_MAGIC, _FORMAT, _ALG, kid, version, iv)
+            try:
                 plaintext = bytearray(lease.session.generate_random(size * 8))
-            wrapped = self._seal(key, kid, version, plaintext, ctx)
-        return DataKey(key_id, version, plaintext, wrapped)
+                sealed = key.encrypt(bytes(plaintext), mechanism=_GCM,
+                                     mechanism_param=_GCMParams(iv, header + ctx, 128))
+            except p11e.PKCS11Error as exc:
+                raise translate_error(exc, "generate data key") from exc
+        return DataKey(key_id, version, plaintext, header + sealed)
 
     def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any = None) -> bytes:
         """Seal a caller's key material under the current version of ``key_id``."""
@@ -189,21 +202,31 @@ class Keyring:
         ctx = encode_context(context)
         self._need_caller_iv()
         with self.pool.session() as lease:
-            version = self._latest_version(lease, kid)
-            return self._seal(self._key(lease, kid, version), kid, version, data, ctx)
+            version = self._latest.get(kid) or self._latest_version(lease, kid)
+            key = lease.keys.get((kid, version))
+            if key is None:
+                key = self._key(lease, kid, version)
+            iv = os.urandom(12)
+            header = _header(_MAGIC, _FORMAT, _ALG, kid, version, iv)
+            with translated("seal"):
+                sealed: bytes = key.encrypt(data, mechanism=_GCM,
+                                            mechanism_param=_GCMParams(iv, header + ctx, 128))
+            return header + sealed
 
     def unwrap(self, blob: bytes, context: Any = None) -> bytearray:
         """Open a sealed blob; the blob names its key and version. ``InvalidCiphertext``
         if it was tampered with, sealed under another key, or bound to another context."""
-        sealed = parse_blob(blob)
+        kid, version, iv, ciphertext, header = parse_blob(blob)
         ctx = encode_context(context)
         with self.pool.session() as lease:
-            key = self._key(lease, sealed.key_uuid, sealed.version)
-            with translated("unwrap", integrity=True):
-                return bytearray(key.decrypt(
-                    sealed.ciphertext, mechanism=_GCM,
-                    mechanism_param=_GCMParams(sealed.iv, sealed.header + ctx, 128),
-                ))
+            key = lease.keys.get((kid, version))
+            if key is None:
+                key = self._key(lease, kid, version)
+            try:
+                return bytearray(key.decrypt(ciphertext, mechanism=_GCM,
+                                             mechanism_param=_GCMParams(iv, header + ctx, 128)))
+            except p11e.PKCS11Error as exc:
+                raise translate_error(exc, "unwrap", integrity=True) from exc
 
     def generate_random(self, size: int) -> bytes:
         if not 1 <= size <= 1024:
@@ -222,21 +245,11 @@ class Keyring:
         return kid
 
     def _need_caller_iv(self) -> None:
-        if self.mechanisms.gcm_iv != "caller":
+        if not self._caller_iv:
             raise MechanismUnsupported(
                 "this module does not accept caller-chosen AES-GCM IVs "
                 f"(probed: {self.mechanisms.gcm_iv or 'no AES-GCM'}); sealing needs them"
             )
-
-    @staticmethod
-    def _seal(key: Any, kid: bytes, version: int, plaintext: bytes | bytearray,
-              ctx: bytes) -> bytes:
-        iv = os.urandom(12)
-        header = SealedBlob.header_for(kid, version, iv)
-        with translated("seal"):
-            sealed = key.encrypt(bytes(plaintext), mechanism=_GCM,
-                                 mechanism_param=_GCMParams(iv, header + ctx, 128))
-        return header + bytes(sealed)
 
     def _key(self, lease: Lease, kid: bytes, version: int) -> Any:
         cached = lease.keys.get((kid, version))

@@ -8,7 +8,7 @@ from hsm.pkcs11.mechanisms import Mechanisms, probe
 from hsm.pkcs11.module import Module, TokenSelector
 from hsm.pkcs11.pin import PinSource, Secret
 from hsm.pkcs11.pool import Lease, SessionPool
-from hsm.pkcs11.translate import Recovery, recovery_for, translated
+from hsm.pkcs11.translate import Recovery, recovery_for, translate_error, translated
 
 __all__ = [
     "Lease",
@@ -21,5 +21,6 @@ __all__ = [
     "TokenSelector",
     "probe",
     "recovery_for",
+    "translate_error",
     "translated",
 ]

@@ -79,7 +79,8 @@ class Module:
         self.os_locking = False
         self.call_lock: threading.RLock | None = None  # set when OS locking is refused
         self._refs = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._reinitializing = False
         self._last_reinit = float("-inf")
@@ -207,14 +208,14 @@ class Module:
         """Count a call in flight; returns the generation it runs in. Pair with :meth:`exit`."""
         if self._fork_epoch != _fork_epoch:
             self._after_fork()
-        with self._cond:
+        with self._lock:  # the plain lock: C-level, on every call's hot path
             while self._reinitializing:
                 self._cond.wait()
             self._active += 1
             return self.generation
 
     def exit(self) -> None:
-        with self._cond:
+        with self._lock:
             self._active -= 1
             if self._active == 0 and self._reinitializing:
                 self._cond.notify_all()  # a re-initialize is waiting for the drain
@@ -288,7 +289,8 @@ class Module:
             if os.getpid() == self._pid:  # loaded in this process after all
                 self._fork_epoch = _fork_epoch
                 return
-            self._cond = threading.Condition()
+            self._lock = threading.Lock()
+            self._cond = threading.Condition(self._lock)
             self._active = 0
             self._reinitializing = False
             self._restart_locked()

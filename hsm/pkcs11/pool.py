@@ -90,7 +90,7 @@ class SessionPool:
         self._idle: list[Lease] = []
         self._lock = threading.Lock()  # guards _idle and the login fields, never an HSM call
         self._login_lock = threading.Lock()
-        self._free = threading.Condition(threading.Lock())  # guards _out: leases out now
+        self._free = threading.Condition(self._lock)  # signalled when a slot comes back
         self._out = 0
         self._waiting = 0
         self._closed = False
@@ -240,45 +240,66 @@ class SessionPool:
         return _Lending(self)
 
     def _lend(self) -> Lease:
+        """Take a slot and an idle session in one lock section, enter the module in a
+        logged-in generation, and open a session if none fits. Every step is undone on
+        failure."""
         if self._closed:
             raise OperationFailed("session pool is closed", reason="closed")
-        with self._free:
+        with self._lock:
             if self._out >= self.size:
-                self._waiting += 1
-                try:
-                    if not self._free.wait_for(lambda: self._out < self.size,
-                                               timeout=self.acquire_timeout):
-                        raise HSMUnavailable(
-                            f"no session free on token {self.selector} after "
-                            f"{self.acquire_timeout}s", reason="pool_exhausted",
-                        )
-                finally:
-                    self._waiting -= 1
+                self._wait_for_slot()
             self._out += 1
+            lease = self._idle.pop() if self._idle else None
         try:
             generation = self._enter_logged_in()
+        except BaseException:
+            self._finish(lease)
+            raise
+        if lease is None or lease.generation != generation:
+            # An older generation's session is dropped untouched (its handle may be reused).
             try:
-                lease = self._take(generation)
+                with translated("open session"):
+                    lease = Lease(self._token.open(rw=True), generation)
             except BaseException:
                 self._leave()
+                self._finish(None)
                 raise
-        except BaseException:
-            self._release_slot()
-            raise
         return lease
 
-    def _return(self, lease: Lease, exc: BaseException | None) -> None:
+    def _wait_for_slot(self) -> None:
+        """Called with ``_lock`` held when every session is lent: wait for one back."""
+        self._waiting += 1
         try:
-            if exc is None:
-                self._give_back(lease)
-            elif isinstance(exc, HSMError):
-                self._after_error(lease, exc)
-            else:
-                # Unknown state mid-operation: don't lend this session again.
-                self._discard(lease)
+            if not self._free.wait_for(lambda: self._out < self.size,
+                                       timeout=self.acquire_timeout):
+                raise HSMUnavailable(
+                    f"no session free on token {self.selector} after "
+                    f"{self.acquire_timeout}s", reason="pool_exhausted",
+                )
+        finally:
+            self._waiting -= 1
+
+    def _return(self, lease: Lease, exc: BaseException | None) -> None:
+        keep: Lease | None = lease
+        try:
+            if exc is not None:
+                keep = self._after_error(lease, exc)
         finally:
             self._leave()
-            self._release_slot()
+            self._finish(keep)
+
+    def _finish(self, keep: Lease | None) -> None:
+        """Give the slot back, and ``keep`` to the idle list if it is still current."""
+        with self._lock:
+            self._out -= 1
+            if (keep is not None and not self._closed
+                    and keep.generation == self.module.generation):
+                self._idle.append(keep)
+                keep = None
+            if self._waiting:
+                self._free.notify()
+        if keep is not None:
+            self._discard(keep)
 
     def _enter_logged_in(self) -> int:
         """Enter the module in a generation whose login session exists.
@@ -289,7 +310,10 @@ class SessionPool:
         """
         module = self.module
         for _ in range(3):
-            self._ensure_login()
+            generation = module.generation
+            if (self._login_generation != generation or self._broken_generation == generation
+                    or module.failed):
+                self._ensure_login()
             generation = module.enter()
             if generation == self._login_generation:
                 if module.call_lock is not None:
@@ -304,50 +328,32 @@ class SessionPool:
             call_lock.release()
         self.module.exit()
 
-    def _release_slot(self) -> None:
-        with self._free:
-            self._out -= 1
-            if self._waiting:
-                self._free.notify()
-
-    def _take(self, generation: int) -> Lease:
-        with self._lock:
-            while self._idle:
-                lease = self._idle.pop()
-                if lease.generation == generation:
-                    return lease
-            token = self._token
-        with translated("open session"):
-            session = token.open(rw=True)
-        return Lease(session, generation)
-
-    def _give_back(self, lease: Lease) -> None:
-        with self._lock:
-            if not self._closed and lease.generation == self.module.generation:
-                self._idle.append(lease)
-                return
-        self._discard(lease)
-
     def _discard(self, lease: Lease) -> None:
         # A session of an older generation is never touched: its handle may now be another's.
         if lease.generation == self.module.generation:
             self._close_quietly(lease.session)
 
-    def _after_error(self, lease: Lease, exc: HSMError) -> None:
+    def _after_error(self, lease: Lease, exc: BaseException) -> Lease | None:
+        """Act on an error raised inside a lease; return the lease if it may be lent again."""
+        if not isinstance(exc, HSMError):
+            # Unknown state mid-operation: don't lend this session again.
+            self._discard(lease)
+            return None
         recovery = recovery_for(exc)
         if recovery is Recovery.NONE:
-            self._give_back(lease)
-        elif recovery is Recovery.KEYS:
+            return lease
+        if recovery is Recovery.KEYS:
             lease.keys.clear()
-            self._give_back(lease)
-        elif recovery is Recovery.SESSION:
+            return lease
+        if recovery is Recovery.SESSION:
             self._discard(lease)
-        else:
-            log.warning("token %s of %s lost (%s); will re-initialize the module",
-                        self.selector, self.module.path, exc.reason)
-            self._broken_generation = lease.generation
-            with self._lock:
-                self._idle.clear()
+            return None
+        log.warning("token %s of %s lost (%s); will re-initialize the module",
+                    self.selector, self.module.path, exc.reason)
+        self._broken_generation = lease.generation
+        with self._lock:
+            self._idle.clear()
+        return None
 
     def check_token(self, lease: Lease) -> None:
         """Ask the token for its info; raises :class:`HSMUnavailable` if it is gone.

@@ -27,7 +27,7 @@ from hsm.errors import (
     PinIncorrect,
 )
 
-__all__ = ["Recovery", "recovery_for", "translated"]
+__all__ = ["Recovery", "recovery_for", "translate_error", "translated"]
 
 
 class Recovery(enum.Enum):
@@ -89,7 +89,10 @@ def recovery_for(error: HSMError) -> Recovery:
     return _RECOVERY_BY_REASON.get(error.reason, Recovery.NONE)
 
 
-def _translate(exc: p11e.PKCS11Error, operation: str, integrity: bool) -> HSMError:
+def translate_error(exc: p11e.PKCS11Error, operation: str, *, integrity: bool = False,
+                    ) -> HSMError:
+    """The package's error for ``exc`` (for hot paths that use a bare ``try``; everything
+    else uses :class:`translated`). Raise it ``from exc``."""
     for source, target, reason, _ in _ROWS:
         if isinstance(exc, source):
             if target is InvalidCiphertext:
@@ -130,4 +133,4 @@ class translated:  # used like a function: ``with translated("unwrap"):``
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if isinstance(exc, p11e.PKCS11Error):
-            raise _translate(exc, self.operation, self.integrity) from exc
+            raise translate_error(exc, self.operation, integrity=self.integrity) from exc
