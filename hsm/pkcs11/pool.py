@@ -15,8 +15,10 @@ cluster layer) decides that.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import logging
+import queue
 import threading
 from contextlib import suppress
 from types import TracebackType
@@ -41,12 +43,13 @@ _shared: dict[tuple[int, str], SessionPool] = {}
 class Lease:
     """A worker session on loan, with the key objects already found in it."""
 
-    __slots__ = ("generation", "keys", "session")
+    __slots__ = ("generation", "keys", "keys_epoch", "session")
 
-    def __init__(self, session: Any, generation: int) -> None:
+    def __init__(self, session: Any, generation: int, keys_epoch: int = 0) -> None:
         self.session = session
         self.generation = generation
         self.keys: dict[Any, Any] = {}
+        self.keys_epoch = keys_epoch
 
     def __repr__(self) -> str:
         return f"Lease(generation={self.generation}, keys={len(self.keys)})"
@@ -87,12 +90,16 @@ class SessionPool:
         self._login: Any = None
         self._login_generation = -1
         self._broken_generation = -1
-        self._idle: list[Lease] = []
-        self._lock = threading.Lock()  # guards _idle and the login fields, never an HSM call
+        # Free slots (``size`` tokens while nothing is lent) and idle sessions, most recent
+        # last. Both are C code with atomic operations: bounding, waiting and the hand-over
+        # cost a call or two each way and no lock of ours (this is every call's hot path).
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(size):
+            self._slots.put(None)
+        self._idle: collections.deque[Lease] = collections.deque()
+        self._keys_epoch = 0  # bumped by drop_keys(): leases forget their key objects
+        self._lock = threading.Lock()  # guards the login fields, never an HSM call
         self._login_lock = threading.Lock()
-        self._free = threading.Condition(self._lock)  # signalled when a slot comes back
-        self._out = 0
-        self._waiting = 0
         self._closed = False
         self._refs = 0
         self._ident: tuple[int, str] = (0, "")
@@ -159,7 +166,7 @@ class SessionPool:
             if self._closed:
                 return
             self._closed = True
-            idle, self._idle = self._idle, []
+            idle = self._drain()
             login, self._login = self._login, None
             login_generation = self._login_generation
         generation = self.module.generation
@@ -228,7 +235,6 @@ class SessionPool:
                 self._token = token
                 self._login = login
                 self._login_generation = generation
-                self._idle = [lease for lease in self._idle if lease.generation == generation]
             log.info("logged in to token %s of %s (generation %d)",
                      self.selector, self.module.path, generation)
 
@@ -240,66 +246,62 @@ class SessionPool:
         return _Lending(self)
 
     def _lend(self) -> Lease:
-        """Take a slot and an idle session in one lock section, enter the module in a
-        logged-in generation, and open a session if none fits. Every step is undone on
-        failure."""
+        """Take an idle session (or a free slot), enter the module in a logged-in
+        generation, and open a session if none fits. Every step is undone on failure."""
         if self._closed:
             raise OperationFailed("session pool is closed", reason="closed")
-        with self._lock:
-            if self._out >= self.size:
-                self._wait_for_slot()
-            self._out += 1
-            lease = self._idle.pop() if self._idle else None
+        try:
+            self._slots.get(timeout=self.acquire_timeout)
+        except queue.Empty:
+            raise HSMUnavailable(
+                f"no session free on token {self.selector} after {self.acquire_timeout}s",
+                reason="pool_exhausted",
+            ) from None
+        try:
+            lease: Lease | None = self._idle.pop()
+        except IndexError:
+            lease = None
         try:
             generation = self._enter_logged_in()
         except BaseException:
-            self._finish(lease)
+            if lease is not None:
+                self._idle.append(lease)
+            self._slots.put(None)
             raise
         if lease is None or lease.generation != generation:
             # An older generation's session is dropped untouched (its handle may be reused).
             try:
                 with translated("open session"):
-                    lease = Lease(self._token.open(rw=True), generation)
+                    lease = Lease(self._token.open(rw=True), generation, self._keys_epoch)
             except BaseException:
                 self._leave()
-                self._finish(None)
+                self._slots.put(None)
                 raise
+        elif lease.keys_epoch != self._keys_epoch:
+            lease.keys.clear()
+            lease.keys_epoch = self._keys_epoch
         return lease
-
-    def _wait_for_slot(self) -> None:
-        """Called with ``_lock`` held when every session is lent: wait for one back."""
-        self._waiting += 1
-        try:
-            if not self._free.wait_for(lambda: self._out < self.size,
-                                       timeout=self.acquire_timeout):
-                raise HSMUnavailable(
-                    f"no session free on token {self.selector} after "
-                    f"{self.acquire_timeout}s", reason="pool_exhausted",
-                )
-        finally:
-            self._waiting -= 1
 
     def _return(self, lease: Lease, exc: BaseException | None) -> None:
         keep: Lease | None = lease
         try:
             if exc is not None:
                 keep = self._after_error(lease, exc)
+            if keep is not None and self._closed:
+                self._discard(keep)
+                keep = None
         finally:
             self._leave()
-            self._finish(keep)
-
-    def _finish(self, keep: Lease | None) -> None:
-        """Give the slot back, and ``keep`` to the idle list if it is still current."""
-        with self._lock:
-            self._out -= 1
-            if (keep is not None and not self._closed
-                    and keep.generation == self.module.generation):
+            if keep is not None:
                 self._idle.append(keep)
-                keep = None
-            if self._waiting:
-                self._free.notify()
-        if keep is not None:
-            self._discard(keep)
+            self._slots.put(None)
+
+    def _drain(self) -> list[Lease]:
+        out = []
+        with suppress(IndexError):
+            while True:
+                out.append(self._idle.pop())
+        return out
 
     def _enter_logged_in(self) -> int:
         """Enter the module in a generation whose login session exists.
@@ -351,8 +353,6 @@ class SessionPool:
         log.warning("token %s of %s lost (%s); will re-initialize the module",
                     self.selector, self.module.path, exc.reason)
         self._broken_generation = lease.generation
-        with self._lock:
-            self._idle.clear()
         return None
 
     def check_token(self, lease: Lease) -> None:
@@ -365,10 +365,8 @@ class SessionPool:
             lease.session.token.slot.get_token()
 
     def drop_keys(self) -> None:
-        """Forget the key objects of every idle session (after keys were destroyed)."""
-        with self._lock:
-            for lease in self._idle:
-                lease.keys.clear()
+        """Make every session forget its key objects (after keys were destroyed)."""
+        self._keys_epoch += 1
 
     @staticmethod
     def _close_quietly(session: Any) -> None:

@@ -94,14 +94,15 @@ def test_recovery_is_rate_limited(harness: Harness, client: hsm.Client) -> None:
 
 
 def test_sessions_of_an_old_generation_are_never_reused(client: hsm.Client) -> None:
-    """After a re-initialize, every idle session and key object from before is dropped."""
+    """After a re-initialize, no session or key object from before is lent again."""
     key = client.create_key()
     blob = client.wrap(key.key_id, bytes(32))
     pool = client._keyring.pool
-    before = list(pool._idle)
-    assert before
+    with pool.session() as before:
+        assert before.keys
     module = _module(client)
     module.reinitialize(module.generation)
     assert client.unwrap(blob) == bytes(32)
-    assert not any(lease in pool._idle for lease in before)
-    assert all(lease.generation == module.generation for lease in pool._idle)
+    with pool.session() as after:
+        assert after is not before
+        assert after.generation == module.generation > before.generation
