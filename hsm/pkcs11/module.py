@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ class Module:
         self._fork_epoch = _fork_epoch
         self._lib: Any = None
         self.failed = False  # the last re-initialize did not complete: try again first
+        # True while a session pool may lend without entering (no re-initialize running or
+        # failed, not a fresh fork child): pools read it without a lock, see _busy().
+        self.ready = False
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # -- registry -------------------------------------------------------------------------
 
@@ -133,6 +138,7 @@ class Module:
                 self._lib.finalize()
             self.generation += 1
             self._lib = None
+            self.ready = False
             pkcs11.unload(self.path)
 
     # -- loading --------------------------------------------------------------------------
@@ -165,6 +171,7 @@ class Module:
             self._enable_os_locking()
         self.generation += 1
         self._pid = os.getpid()
+        self.ready = True
 
     def _restart_locked(self) -> None:
         """Finalize (a module already down says so; ignored), initialize, OS locking.
@@ -232,6 +239,13 @@ class Module:
         finally:
             self.exit()
 
+    def register(self, pool: Any) -> None:
+        """A session pool on this module: its lent sessions count as calls in flight."""
+        self._pools.add(pool)
+
+    def _busy(self) -> bool:
+        return self._active > 0 or any(pool.lent for pool in list(self._pools))
+
     # -- recovery -------------------------------------------------------------------------
 
     def reinitialize(self, seen_generation: int, *, drain_timeout: float = 30.0) -> int:
@@ -256,17 +270,20 @@ class Module:
                 )
             self._last_reinit = now
             self._reinitializing = True
+            self.ready = False
             deadline = time.monotonic() + drain_timeout
-            while self._active > 0:
+            while self._busy():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._reinitializing = False
+                    self.ready = not self.failed
                     self._cond.notify_all()
                     raise HSMUnavailable(
                         f"PKCS#11 module {self.path} has calls that never returned",
                         reason="hung_calls",
                     )
-                self._cond.wait(left)
+                # Pools lending on the fast path don't notify: poll them.
+                self._cond.wait(min(left, 0.002))
         self.failed = True
         try:
             with _loader_lock:
@@ -278,6 +295,7 @@ class Module:
             with self._cond:
                 self.generation += 1
                 self._reinitializing = False
+                self.ready = not self.failed
                 self._cond.notify_all()
         return self.generation
 
@@ -297,6 +315,7 @@ class Module:
             self.generation += 1
             self._pid = os.getpid()
             self._fork_epoch = _fork_epoch
+            self.ready = True
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -334,6 +353,8 @@ def _after_fork_in_child() -> None:
     global _loader_lock, _fork_epoch
     _loader_lock = threading.Lock()
     _fork_epoch += 1
+    for module in _registry.values():
+        module.ready = False  # its pools take the slow path, which re-initializes it
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -59,18 +59,18 @@ class _Lending:
     """The context manager :meth:`SessionPool.session` returns (a class: it is on every
     call's hot path, where a generator-based one costs several microseconds)."""
 
-    __slots__ = ("_lease", "_pool")
+    __slots__ = ("_entered", "_lease", "_pool")
 
     def __init__(self, pool: SessionPool) -> None:
         self._pool = pool
 
     def __enter__(self) -> Lease:
-        self._lease = self._pool._lend()
+        self._lease, self._entered = self._pool._lend()
         return self._lease
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._pool._return(self._lease, exc)
+        self._pool._return(self._lease, exc, self._entered)
 
 
 class SessionPool:
@@ -97,6 +97,10 @@ class SessionPool:
         for _ in range(size):
             self._slots.put(None)
         self._idle: collections.deque[Lease] = collections.deque()
+        # The generation in which leases may skip entering the module (logged in, not
+        # broken, OS locking on); -1 when they may not. See _lend.
+        self._fast_generation = -1
+        module.register(self)
         self._keys_epoch = 0  # bumped by drop_keys(): leases forget their key objects
         self._lock = threading.Lock()  # guards the login fields, never an HSM call
         self._login_lock = threading.Lock()
@@ -166,6 +170,7 @@ class SessionPool:
             if self._closed:
                 return
             self._closed = True
+            self._fast_generation = -1
             idle = self._drain()
             login, self._login = self._login, None
             login_generation = self._login_generation
@@ -212,12 +217,14 @@ class SessionPool:
                     token = self.module.find_token(self.selector)
                 except HSMUnavailable:
                     self._broken_generation = generation
+                    self._fast_generation = -1
                     raise
                 except TokenNotFound as exc:
                     if self._token is None:
                         raise
                     # It was there before: the token is lost for now, not misconfigured.
                     self._broken_generation = generation
+                    self._fast_generation = -1
                     raise HSMUnavailable(str(exc), reason="token_lost") from None
                 try:
                     with translated("login"):
@@ -225,6 +232,7 @@ class SessionPool:
                 except HSMError as exc:
                     if exc.transient:
                         self._broken_generation = generation
+                        self._fast_generation = -1
                     if isinstance(exc.__cause__, p11e.UserAlreadyLoggedIn):
                         raise OperationFailed(
                             f"token {self.selector} is already logged in by other code in this "
@@ -235,6 +243,7 @@ class SessionPool:
                 self._token = token
                 self._login = login
                 self._login_generation = generation
+                self._fast_generation = generation if self.module.call_lock is None else -1
             log.info("logged in to token %s of %s (generation %d)",
                      self.selector, self.module.path, generation)
 
@@ -245,11 +254,53 @@ class SessionPool:
         are acted on (see the module docstring), then re-raised."""
         return _Lending(self)
 
-    def _lend(self) -> Lease:
-        """Take an idle session (or a free slot), enter the module in a logged-in
-        generation, and open a session if none fits. Every step is undone on failure."""
+    @property
+    def lent(self) -> int:
+        """Sessions lent right now (the module's re-initialize waits for 0)."""
+        return self.size - self._slots.qsize()
+
+    def _lend(self) -> tuple[Lease, bool]:
+        """Lend a session; the flag says whether the module was entered (slow path).
+
+        Fast path: take a slot, then check -- without a lock, in this order -- that the
+        module is ready and our login belongs to its generation. A re-initialize first
+        clears ``module.ready``, then waits until no pool has a session lent, so either it
+        sees our slot or we see its flag (the GIL orders these plain reads and writes).
+        Slow path (login, recovery, serialized modules): give the slot back while waiting
+        for the module, enter it counted, then take a slot again.
+        """
         if self._closed:
             raise OperationFailed("session pool is closed", reason="closed")
+        self._take_slot()
+        module = self.module
+        if module.ready and self._fast_generation == module.generation:
+            generation, entered = self._fast_generation, False
+        else:
+            self._slots.put(None)
+            generation, entered = self._enter_logged_in(), True
+            try:
+                self._take_slot()
+            except BaseException:
+                self._leave()
+                raise
+        try:
+            lease: Lease | None = self._idle.pop()
+        except IndexError:
+            lease = None
+        if lease is None or lease.generation != generation:
+            # An older generation's session is dropped untouched (its handle may be reused).
+            try:
+                with translated("open session"):
+                    lease = Lease(self._token.open(rw=True), generation, self._keys_epoch)
+            except BaseException:
+                self._release(None, entered)
+                raise
+        elif lease.keys_epoch != self._keys_epoch:
+            lease.keys.clear()
+            lease.keys_epoch = self._keys_epoch
+        return lease, entered
+
+    def _take_slot(self) -> None:
         try:
             self._slots.get(timeout=self.acquire_timeout)
         except queue.Empty:
@@ -257,32 +308,8 @@ class SessionPool:
                 f"no session free on token {self.selector} after {self.acquire_timeout}s",
                 reason="pool_exhausted",
             ) from None
-        try:
-            lease: Lease | None = self._idle.pop()
-        except IndexError:
-            lease = None
-        try:
-            generation = self._enter_logged_in()
-        except BaseException:
-            if lease is not None:
-                self._idle.append(lease)
-            self._slots.put(None)
-            raise
-        if lease is None or lease.generation != generation:
-            # An older generation's session is dropped untouched (its handle may be reused).
-            try:
-                with translated("open session"):
-                    lease = Lease(self._token.open(rw=True), generation, self._keys_epoch)
-            except BaseException:
-                self._leave()
-                self._slots.put(None)
-                raise
-        elif lease.keys_epoch != self._keys_epoch:
-            lease.keys.clear()
-            lease.keys_epoch = self._keys_epoch
-        return lease
 
-    def _return(self, lease: Lease, exc: BaseException | None) -> None:
+    def _return(self, lease: Lease, exc: BaseException | None, entered: bool) -> None:
         keep: Lease | None = lease
         try:
             if exc is not None:
@@ -291,10 +318,14 @@ class SessionPool:
                 self._discard(keep)
                 keep = None
         finally:
+            self._release(keep, entered)
+
+    def _release(self, keep: Lease | None, entered: bool) -> None:
+        if keep is not None:
+            self._idle.append(keep)
+        if entered:
             self._leave()
-            if keep is not None:
-                self._idle.append(keep)
-            self._slots.put(None)
+        self._slots.put(None)
 
     def _drain(self) -> list[Lease]:
         out = []
@@ -353,6 +384,7 @@ class SessionPool:
         log.warning("token %s of %s lost (%s); will re-initialize the module",
                     self.selector, self.module.path, exc.reason)
         self._broken_generation = lease.generation
+        self._fast_generation = -1
         return None
 
     def check_token(self, lease: Lease) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,21 @@ def test_sessions_of_an_old_generation_are_never_reused(client: hsm.Client) -> N
     with pool.session() as after:
         assert after is not before
         assert after.generation == module.generation > before.generation
+
+
+def test_a_forked_child_reinitializes_before_use(client: hsm.Client) -> None:
+    """A client inherited through fork() re-initializes the module in the child and works
+    there; the parent is unaffected."""
+    key = client.create_key()
+    blob = client.wrap(key.key_id, b"f" * 32)
+    pid = os.fork()
+    if pid == 0:  # the child: any failure is its exit status
+        code = 1
+        try:
+            if client.unwrap(blob) == b"f" * 32 and _module(client).generation > 1:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.unwrap(blob) == b"f" * 32
