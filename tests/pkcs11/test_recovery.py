@@ -125,3 +125,19 @@ def test_a_forked_child_reinitializes_before_use(client: hsm.Client) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert client.unwrap(blob) == b"f" * 32
+
+
+def test_a_lost_session_is_replaced(client: hsm.Client) -> None:
+    """A worker session closed behind the pool's back fails one call transiently, is dropped,
+    and the next call gets a fresh session."""
+    key = client.create_key()
+    blob = client.wrap(key.key_id, bytes(32))
+    pool = client._keyring.pool
+    with pool.session() as lease:
+        lease.session.close()  # the HSM forgets it; our lease doesn't know yet
+    with pytest.raises(hsm.HSMUnavailable) as info:
+        client.unwrap(blob)
+    assert info.value.reason in ("session_handle_invalid", "session_closed")
+    assert client.unwrap(blob) == bytes(32)
+    with pool.session() as fresh:
+        assert fresh is not lease
