@@ -43,6 +43,7 @@ class MemberConfig:
     pin: PinSource
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     pool_size: int = 8
+    so_pin: PinSource | None = None  # the security officer's PIN: only for `hsm cluster init`
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ def _member(table: Any, index: int, name: str, base: Path) -> MemberConfig:
     where = f"{name} [[member]] #{index + 1}"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: must be a table")
-    unknown = set(table) - {"name", "module", "token", "serial", "pin", "env", "pool_size"}
+    unknown = set(table) - {"name", "module", "token", "serial", "pin", "so_pin", "env",
+                            "pool_size"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     member_name = _get(table, "name", str, where)
@@ -170,6 +172,16 @@ def _member(table: Any, index: int, name: str, base: Path) -> MemberConfig:
         raise ConfigError(f"{where}: {exc}") from None
     if pin.kind == "file":
         pin = PinSource("file", str(base / Path(pin.where).expanduser()), pin.prompt_text)
+    so_pin = None
+    if table.get("so_pin") is not None:
+        try:
+            so_pin = PinSource.parse(_get(table, "so_pin", str, where),
+                                     prompt_text=f"SO PIN for {member_name}: ")
+        except PinSourceError as exc:
+            raise ConfigError(f"{where}: so_pin: {exc}") from None
+        if so_pin.kind == "file":
+            so_pin = PinSource("file", str(base / Path(so_pin.where).expanduser()),
+                               so_pin.prompt_text)
     env = table.get("env", {})
     if not isinstance(env, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
@@ -179,4 +191,4 @@ def _member(table: Any, index: int, name: str, base: Path) -> MemberConfig:
     if pool_size < 1:
         raise ConfigError(f"{where}: pool_size must be at least 1")
     return MemberConfig(member_name, module, selector, pin, MappingProxyType(dict(env)),
-                        pool_size)
+                        pool_size, so_pin)

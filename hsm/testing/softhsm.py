@@ -501,13 +501,14 @@ def _config_toml(harness: Harness) -> str:
     count = len(harness.members)
     lines = [
         "# Written by hsm.testing for the SoftHSM harness in this directory.",
-        "# The PIN is not here: members read it from the pin file.",
+        "# No PIN is here: members read them from the pin and so-pin files.",
         "[cluster]",
         f"mode = {_toml_str('failover')}",
         f"quorum = {min(2, count)}",
         "deadline_ms = 2000",
     ]
     pin = "file:" + str(harness.pin_file)
+    so_pin = "file:" + str(harness.so_pin_file)
     for member in harness.members:
         lines += [
             "",
@@ -516,6 +517,7 @@ def _config_toml(harness: Harness) -> str:
             f"module = {_toml_str(str(member.module))}",
             f"token = {_toml_str(member.token_label)}",
             f"pin = {_toml_str(pin)}",
+            f"so_pin = {_toml_str(so_pin)}",
             f"env = {{ SOFTHSM2_CONF = {_toml_str(str(member.conf))} }}",
         ]
     return "\n".join(lines) + "\n"
