@@ -15,6 +15,7 @@ Everything users need is importable from here; the subpackages are building bloc
 from hsm.client import Client, MemberStatus, open
 from hsm.config import Config, load_config
 from hsm.errors import (
+    ClusterUnavailable,
     ConfigError,
     HSMError,
     HSMUnavailable,
@@ -29,6 +30,8 @@ from hsm.errors import (
     PinError,
     PinIncorrect,
     PinSourceError,
+    QuorumNotReached,
+    ReplicationError,
     TokenNotFound,
     UnsafeKey,
 )
@@ -38,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "ClusterUnavailable",
     "Config",
     "ConfigError",
     "DataKey",
@@ -56,6 +60,8 @@ __all__ = [
     "PinError",
     "PinIncorrect",
     "PinSourceError",
+    "QuorumNotReached",
+    "ReplicationError",
     "TokenNotFound",
     "UnsafeKey",
     "__version__",

@@ -1,7 +1,8 @@
 """The client applications use: ``with hsm.open("hsm.toml") as client: ...``.
 
-Until the cluster layer lands, a client serves every call from the first member of the
-config; ``status()`` reports on every member.
+The client is a cluster of the config's members (:mod:`hsm.cluster`): failover, deadlines,
+keys placed on a quorum of members; a one-member config is a cluster of one.
+``status()`` reports on every member.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hsm.cluster import Cluster, HSMMember, VerifyReport
+from hsm.cluster.metrics import ClusterMetrics
 from hsm.config import Config, MemberConfig, load_config
-from hsm.errors import HSMError, OperationFailed
+from hsm.errors import OperationFailed
 from hsm.keys import DataKey, KeyInfo, Keyring
-from hsm.pkcs11 import Module, SessionPool
 
-__all__ = ["Client", "MemberStatus", "open"]
+__all__ = ["Client", "MemberStatus", "member_status", "open"]
+
+_NOT_OPEN = "client is not open; use 'with hsm.open(...) as client'"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,12 @@ class MemberStatus:
     mechanisms: Mapping[str, Any] = field(default_factory=dict)
     keys: int = 0
     error: str = ""
+    state: str = ""
+    calls: int = 0
+    errors: int = 0
+    failovers: int = 0
+    readmissions: int = 0
+    pending: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,64 +54,49 @@ class MemberStatus:
             "mechanisms": dict(self.mechanisms),
             "keys": self.keys,
             "error": self.error,
+            "state": self.state,
+            "calls": self.calls,
+            "errors": self.errors,
+            "failovers": self.failovers,
+            "readmissions": self.readmissions,
+            "pending": self.pending,
         }
 
 
-class _Connection:
-    """One member's module, pool and keyring, opened together and released together."""
-
-    def __init__(self, member: MemberConfig, *, allow_unsafe_keys: bool) -> None:
-        self.member = member
-        self.module = Module.acquire(member.module, member.env)
-        try:
-            pool = SessionPool.acquire(self.module, member.token, member.pin,
-                                       size=member.pool_size)
-            try:
-                self.keyring = Keyring(pool, allow_unsafe_keys=allow_unsafe_keys).open()
-            except BaseException:
-                pool.release()
-                raise
-        except BaseException:
-            self.module.release()
-            raise
-
-    def close(self) -> None:
-        try:
-            self.keyring.pool.release()
-        finally:
-            self.module.release()
-
-    def status(self) -> MemberStatus:
-        pool = self.keyring.pool
-        return MemberStatus(
-            name=self.member.name, module=self.member.module,
-            token_label=pool.token_label, token_serial=pool.token_serial, reachable=True,
-            os_locking=self.module.os_locking, mechanisms=self.keyring.mechanisms.as_dict(),
-            keys=len(self.keyring.list_keys()),
-        )
+def _status(name: str, module: str, info: dict[str, Any], **extra: Any) -> MemberStatus:
+    return MemberStatus(
+        name=name, module=module, token_label=info.get("token_label", ""),
+        token_serial=info.get("token_serial", ""), reachable="error" not in info,
+        os_locking=info.get("os_locking", False), mechanisms=info.get("mechanisms", {}),
+        keys=info.get("keys", 0), error=info.get("error", ""), **extra,
+    )
 
 
 class Client:
-    """Master keys and data keys over the members of one config. Thread-safe."""
+    """Master keys and data keys over the members of one config. Thread-safe: share one
+    per process (create it after ``fork``)."""
 
-    def __init__(self, config: Config, *, allow_unsafe_keys: bool = False) -> None:
+    def __init__(self, config: Config, *, allow_unsafe_keys: bool = False,
+                 monitor: bool = True) -> None:
         self.config = config
         self.allow_unsafe_keys = allow_unsafe_keys
-        self._primary: _Connection | None = None
-        self._ring: Keyring | None = None  # the primary's keyring, read on every call
+        self.members = [HSMMember(m, allow_unsafe_keys=allow_unsafe_keys)
+                        for m in config.members]
+        self.cluster = Cluster(self.members, mode=config.cluster.mode,
+                               quorum=config.cluster.quorum,
+                               deadline_ms=config.cluster.deadline_ms, monitor=monitor)
+        self._open = False
 
     def open(self) -> Client:
-        if self._primary is None:
-            self._primary = _Connection(self.config.members[0],
-                                        allow_unsafe_keys=self.allow_unsafe_keys)
-            self._ring = self._primary.keyring
+        if not self._open:
+            self.cluster.open()
+            self._open = True
         return self
 
     def close(self) -> None:
-        primary, self._primary = self._primary, None
-        self._ring = None
-        if primary is not None:
-            primary.close()
+        if self._open:
+            self._open = False
+            self.cluster.close()
 
     def __enter__(self) -> Client:
         return self.open()
@@ -110,76 +105,88 @@ class Client:
         self.close()
 
     @property
-    def _keyring(self) -> Keyring:
-        return self._ring or self._not_open()
+    def metrics(self) -> ClusterMetrics:
+        """Prometheus metrics; serve ``client.metrics.registry``."""
+        return self.cluster.metrics
 
-    @staticmethod
-    def _not_open() -> Keyring:
-        raise OperationFailed("client is not open; use 'with hsm.open(...) as client'",
-                              reason="not_open")
+    @property
+    def _primary(self) -> HSMMember:
+        """The first member of the config (tests and diagnostics)."""
+        return self.members[0]
+
+    @property
+    def _keyring(self) -> Keyring:
+        ring = self.members[0].keyring
+        if ring is None:
+            raise OperationFailed(_NOT_OPEN, reason="not_open")
+        return ring
+
+    def _cluster(self) -> Cluster:
+        if not self._open:
+            raise OperationFailed(_NOT_OPEN, reason="not_open")
+        return self.cluster
 
     # -- master keys -----------------------------------------------------------------------
 
     def create_key(self) -> KeyInfo:
-        """Create a master key (AES-256, non-extractable) inside the HSM."""
-        return self._keyring.create_key()
+        """Create a master key (AES-256, non-extractable) on at least ``quorum`` members."""
+        return self._cluster().create_key()
 
     def list_keys(self) -> list[KeyInfo]:
         """Every master key id and version the HSM holds, with its KCV."""
-        return self._keyring.list_keys()
+        return self._cluster().list_keys()
 
     def key_info(self, key_id: str, version: int | None = None) -> KeyInfo:
-        return self._keyring.key_info(key_id, version)
+        return self._cluster().key_info(key_id, version)
 
     # -- data keys -------------------------------------------------------------------------
 
     def generate_data_key(self, key_id: str, context: Mapping[str, str] | None = None,
                           ) -> DataKey:
         """A fresh 32-byte data key: ``.plaintext`` (bytearray) and ``.wrapped`` (bytes)."""
-        return (self._ring or self._not_open()).generate_data_key(key_id, context)
+        return self._cluster().generate_data_key(key_id, context)
 
     def wrap(self, key_id: str, plaintext: bytes | bytearray,
              context: Mapping[str, str] | None = None) -> bytes:
         """Seal key material under ``key_id``, bound to ``context``."""
-        return (self._ring or self._not_open()).wrap(key_id, plaintext, context)
+        return self._cluster().wrap(key_id, plaintext, context)
 
     def unwrap(self, blob: bytes, context: Mapping[str, str] | None = None) -> bytearray:
         """Open a sealed blob with the same context it was sealed with."""
-        return (self._ring or self._not_open()).unwrap(blob, context)
+        return self._cluster().unwrap(blob, context)
 
     def generate_random(self, size: int) -> bytes:
-        return self._keyring.generate_random(size)
+        return self._cluster().generate_random(size)
 
-    # -- status ----------------------------------------------------------------------------
+    # -- cluster ---------------------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Every key and version on every member with matching KCVs; drift by member."""
+        return self._cluster().verify()
 
     def status(self) -> list[MemberStatus]:
-        """One :class:`MemberStatus` per member; unreachable members carry the error."""
-        out = []
-        for member in self.config.members:
-            if self._primary is not None and member is self._primary.member:
-                out.append(self._primary.status())
-            else:
-                out.append(member_status(member, allow_unsafe_keys=self.allow_unsafe_keys))
-        return out
+        """One :class:`MemberStatus` per member: health, counters, token, mechanisms."""
+        cluster = self._cluster()
+        return [
+            _status(member.name, member.config.module, cluster.describe(member),
+                    state=cluster.health[member.name].state.value,
+                    pending=len(cluster.pending[member.name]), **cluster.counters(member.name))
+            for member in self.members
+        ]
 
     def __repr__(self) -> str:
         where = self.config.path or "<config>"
-        state = "open" if self._primary is not None else "closed"
+        state = "open" if self._open else "closed"
         return f"<hsm.Client {where} members={len(self.config.members)} {state}>"
 
 
 def member_status(member: MemberConfig, *, allow_unsafe_keys: bool = False) -> MemberStatus:
-    """Connect to one member just long enough to describe it."""
+    """Connect to one member just long enough to describe it (no cluster needed)."""
+    backend = HSMMember(member, allow_unsafe_keys=allow_unsafe_keys)
     try:
-        connection = _Connection(member, allow_unsafe_keys=allow_unsafe_keys)
-    except HSMError as exc:
-        return MemberStatus(name=member.name, module=member.module, error=str(exc))
-    try:
-        return connection.status()
-    except HSMError as exc:
-        return MemberStatus(name=member.name, module=member.module, error=str(exc))
+        return _status(member.name, member.module, backend.describe())
     finally:
-        connection.close()
+        backend.close()
 
 
 def open(

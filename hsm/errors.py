@@ -29,14 +29,19 @@ The tree::
     ├── MechanismUnsupported                  permanent  the module lacks a needed mechanism
     ├── OperationFailed                       permanent  the HSM refused for another reason
     ├── HSMUnavailable                        transient  device error, session or token lost
+    │   ├── ClusterUnavailable                transient  every member tried; carries .attempts
+    │   └── QuorumNotReached                  transient  a new key reached too few members
+    ├── ReplicationError                      permanent  copies of a key disagree (KCV)
     └── InvalidCiphertext      ValueError     integrity  tampered, wrong key, wrong context
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 __all__ = [
+    "ClusterUnavailable",
     "ConfigError",
     "HSMError",
     "HSMUnavailable",
@@ -51,6 +56,8 @@ __all__ = [
     "PinError",
     "PinIncorrect",
     "PinSourceError",
+    "QuorumNotReached",
+    "ReplicationError",
     "TokenNotFound",
     "UnsafeKey",
 ]
@@ -161,6 +168,30 @@ class HSMUnavailable(HSMError):
 
     kind = Kind.TRANSIENT
     default_reason = "unavailable"
+
+
+class ClusterUnavailable(HSMUnavailable):
+    """Every member that could serve the call failed. ``attempts`` lists each try
+    (member, outcome, reason, milliseconds), oldest first."""
+
+    default_reason = "cluster_unavailable"
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 attempts: tuple[Any, ...] = ()) -> None:
+        super().__init__(message, reason=reason)
+        self.attempts = attempts
+
+
+class QuorumNotReached(HSMUnavailable):
+    """A new key could not be placed on ``quorum`` members; it was rolled back."""
+
+    default_reason = "quorum_not_reached"
+
+
+class ReplicationError(HSMError):
+    """Copies of one key on different members do not match (their KCVs differ)."""
+
+    default_reason = "replication"
 
 
 class InvalidCiphertext(HSMError, ValueError):

@@ -14,7 +14,10 @@ import click
 
 from hsm import __version__
 from hsm.cli._common import CLIError, common_options, describe
+from hsm.cli.cluster import cluster
 from hsm.cli.datakeys import data_key, unwrap, wrap
+from hsm.cli.drill import drill
+from hsm.cli.fault import fault
 from hsm.cli.harness import harness
 from hsm.cli.keys import key
 from hsm.cli.status import status
@@ -51,6 +54,9 @@ cli.add_command(data_key)
 cli.add_command(wrap)
 cli.add_command(unwrap)
 cli.add_command(harness)
+cli.add_command(cluster)
+cli.add_command(fault)
+cli.add_command(drill)
 
 
 class _WarningFormatter(logging.Formatter):

@@ -5,6 +5,12 @@ with AES-256-GCM performed inside the HSM under the master key, with the blob he
 encoded encryption context as additional data (:mod:`hsm.keys.blob`). Key objects are found
 once per worker session and kept with it (they die with the session's module generation);
 attribute checks are done once per key per generation.
+
+Replication (the cluster layer's per-HSM primitives): :meth:`Keyring.create_key` with
+``replicable=True`` makes a key that may leave the HSM only wrapped under the trusted cluster
+wrapping key (:mod:`hsm.keys.replication`); :meth:`Keyring.export_key` wraps it there,
+:meth:`Keyring.import_key` unwraps it on another member under the same label, and
+:meth:`Keyring.has_key` says whether (and with which KCV) a member holds a key version.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from hsm.context import encode_context
 from hsm.errors import (
+    HSMError,
+    InvalidCiphertext,
     InvalidInput,
     KeyNotFound,
     MechanismUnsupported,
@@ -34,13 +42,16 @@ from hsm.keys.blob import pack_header as _header
 from hsm.keys.master import (
     CAPABILITIES,
     POLICY_ATTRIBUTES,
+    TRUST_ATTRIBUTE,
     KeyInfo,
     check_attributes,
+    check_version,
     create_template,
     key_id_bytes,
     label_for,
     parse_label,
 )
+from hsm.keys.replication import CLUSTER_WRAP_LABEL, find_wrapping_key, no_wrapping_key
 from hsm.pkcs11 import Lease, Mechanisms, SessionPool, probe, translate_error, translated
 
 __all__ = ["DataKey", "Keyring"]
@@ -50,6 +61,8 @@ log = logging.getLogger(__name__)
 _GCM = Mechanism.AES_GCM
 _GCMParams = pkcs11.GCMParams
 _SECRET = ObjectClass.SECRET_KEY
+_POLICY_READ = [*POLICY_ATTRIBUTES, TRUST_ATTRIBUTE]
+_EXPORT_LEN = 40  # an AES-256 key under AES key wrap (RFC 3394): 32 + 8 bytes
 
 
 class DataKey:
@@ -113,11 +126,25 @@ class Keyring:
 
     # -- master keys -----------------------------------------------------------------------
 
-    def create_key(self) -> KeyInfo:
-        """Generate a new master key (version 1) inside the HSM and check what it made."""
-        key_id = str(uuid.uuid4())
-        label, cka_id, template = create_template(key_id, 1)
+    def create_key(self, *, key_id: str | None = None, version: int = 1,
+                   replicable: bool = False) -> KeyInfo:
+        """Generate a master key inside the HSM and check what it made.
+
+        By default a new key id (a UUID) and version 1. The cluster passes ``key_id`` and
+        ``version`` to make one key version on a member; a token that already holds that
+        label is refused (:class:`OperationFailed`, reason ``key_exists``): one label, one
+        object. ``replicable=True`` makes the key EXTRACTABLE and WRAP_WITH_TRUSTED: it can
+        leave the HSM only wrapped under the trusted cluster wrapping key
+        (:meth:`export_key`). Both are one-way: a key is replicable from birth or never.
+        """
+        fresh = key_id is None
+        key_id = str(uuid.uuid4()) if key_id is None else _canonical(key_id)
+        version = check_version(version)
+        label, cka_id, template = create_template(key_id, version, replicable=replicable)
         with self.pool.session() as lease:
+            if not fresh and self._find_label(lease, label):
+                raise OperationFailed(f"token {self.pool.selector} already holds master key "
+                                      f"{key_id} version {version}", reason="key_exists")
             with translated("create key"):
                 obj = lease.session.generate_key(
                     KeyType.AES, 256, label=label, id=cka_id, store=True,
@@ -126,15 +153,17 @@ class Keyring:
                 )
             try:
                 self._check(obj, label, allow_unsafe=False)
-                kcv = self._kcv(obj)
+                with translated("key check value"):
+                    kcv = self._kcv(obj)
             except BaseException:
                 # The module ignored our template: this key must never be used.
                 with translated("destroy unsafe key"):
                     obj.destroy()
                 raise
-        self._latest[key_id_bytes(key_id)] = 1
-        log.info("created master key %s version 1 (kcv %s)", key_id, kcv)
-        return KeyInfo(key_id, 1, kcv)
+        self._note_version(key_id, version, fresh=fresh)
+        log.info("created master key %s version %d (kcv %s%s)", key_id, version, kcv,
+                 ", replicable" if replicable else "")
+        return KeyInfo(key_id, version, kcv)
 
     def list_keys(self) -> list[KeyInfo]:
         """Every master key version on the token, read from the HSM itself."""
@@ -170,6 +199,126 @@ class Keyring:
         self.pool.drop_keys()
         self._latest.pop(kid, None)
         log.info("destroyed master key %s version %d", key_id, version)
+
+    # -- replication -----------------------------------------------------------------------
+
+    def has_key(self, key_id: str, version: int) -> KeyInfo | None:
+        """The key version's :class:`KeyInfo` (with its KCV) if the token holds it, else None.
+
+        A key under that label that breaks policy raises :class:`UnsafeKey` (it is not
+        "missing": importing another copy beside it would make two objects under one label).
+        """
+        kid = key_id_bytes(key_id)
+        version = check_version(version)
+        with self.pool.session() as lease:
+            try:
+                obj = self._key(lease, kid, version)
+            except KeyNotFound:
+                return None
+            with translated("key check value"):
+                return KeyInfo(str(uuid.UUID(bytes=kid)), version, self._kcv(obj))
+
+    def export_key(self, key_id: str, version: int, *,
+                   wrapping_key_label: str = CLUSTER_WRAP_LABEL) -> bytes:
+        """The master key version wrapped (AES key wrap, RFC 3394) under the trusted cluster
+        wrapping key, for :meth:`import_key` on another member. The key material never
+        leaves the HSM in plaintext; the blob opens only inside an HSM holding that
+        wrapping key.
+
+        Refuses (:class:`OperationFailed`) a key that is not replicable (reason
+        ``not_replicable``), a token without the cluster wrapping key (``no_wrapping_key``:
+        run ``hsm cluster init``) or whose key under that label is not trusted
+        (``wrapping_key_untrusted``).
+        """
+        from hsm.keys.keywrap import WrapMechanism, wrap_key_object  # keywrap imports us
+
+        kid = key_id_bytes(key_id)
+        version = check_version(version)
+        with self.pool.session() as lease:
+            key = self._key(lease, kid, version)
+            with translated("read key attributes"):
+                attrs = _policy_attributes(key)
+            if not (attrs.get(Attribute.EXTRACTABLE) is True
+                    and attrs.get(TRUST_ATTRIBUTE) is True):
+                raise OperationFailed(
+                    f"master key {uuid.UUID(bytes=kid)} version {version} is not replicable "
+                    "(it was created non-extractable): it can never leave the HSM, not even "
+                    "wrapped", reason="not_replicable",
+                )
+            wrapper = find_wrapping_key(lease.session, wrapping_key_label)
+            if wrapper is None:
+                self.pool.check_token(lease)
+                raise no_wrapping_key(wrapping_key_label, self.pool.selector)
+            blob = wrap_key_object(lease.session, wrapper, key, WrapMechanism.KW,
+                                   self.mechanisms)
+        log.info("exported master key %s version %d under %r", uuid.UUID(bytes=kid), version,
+                 wrapping_key_label)
+        return blob
+
+    def import_key(self, key_id: str, version: int, wrapped: bytes, *,
+                   wrapping_key_label: str = CLUSTER_WRAP_LABEL,
+                   expected_kcv: str | None = None) -> KeyInfo:
+        """Unwrap a blob from :meth:`export_key` into this token as master key ``key_id``
+        version ``version``: a replicable token object, checked against policy; returns its
+        :class:`KeyInfo` (the cluster compares the KCV with the source's).
+
+        Idempotent: if the token already holds that key version, nothing is imported and its
+        :class:`KeyInfo` is returned. ``expected_kcv``, if given, must match (a fresh import
+        that doesn't is destroyed: :class:`InvalidCiphertext`, reason ``kcv_mismatch``; an
+        existing key is never touched: :class:`OperationFailed`, reason ``kcv_mismatch``).
+        A tampered or truncated blob, or one made under another wrapping key, raises
+        :class:`InvalidCiphertext` and leaves nothing behind.
+        """
+        from hsm.keys.keywrap import WrapMechanism, pkcs11_mechanism  # keywrap imports us
+
+        key_id = _canonical(key_id)
+        kid = key_id_bytes(key_id)
+        version = check_version(version)
+        if not isinstance(wrapped, bytes | bytearray | memoryview):
+            raise InvalidInput(f"wrapped key must be bytes, not {type(wrapped).__name__}")
+        data = bytes(wrapped)
+        if len(data) != _EXPORT_LEN:
+            raise InvalidCiphertext("ciphertext does not verify", reason="wrapped_key_length")
+        want = expected_kcv.lower() if expected_kcv is not None else None
+        mechanism = pkcs11_mechanism(WrapMechanism.KW, self.mechanisms, length=32)
+        label, cka_id, template = create_template(key_id, version, replicable=True)
+        with self.pool.session() as lease:
+            if self._find_label(lease, label):
+                obj = self._key(lease, kid, version)
+                with translated("key check value"):
+                    info = KeyInfo(key_id, version, self._kcv(obj))
+                if want is not None and info.kcv != want:
+                    raise OperationFailed(
+                        f"token {self.pool.selector} already holds master key {key_id} version "
+                        f"{version} with kcv {info.kcv}, not {want}; it is left as it is",
+                        reason="kcv_mismatch",
+                    )
+                return info
+            wrapper = find_wrapping_key(lease.session, wrapping_key_label)
+            if wrapper is None:
+                self.pool.check_token(lease)
+                raise no_wrapping_key(wrapping_key_label, self.pool.selector)
+            with translated("import key", integrity=True):
+                obj = wrapper.unwrap_key(
+                    _SECRET, KeyType.AES, data, id=cka_id, label=label,
+                    mechanism=Mechanism(mechanism), store=True, capabilities=CAPABILITIES,
+                    template=template,
+                )
+            try:
+                # A 40-byte RFC 3394 blob holds exactly 32 bytes: the length is proven even
+                # where the module records none (SoftHSM: VALUE_LEN 0, empty CHECK_VALUE).
+                self._check(obj, label, allow_unsafe=False)
+                with translated("key check value"):
+                    kcv = self._kcv(obj)
+                if want is not None and kcv != want:
+                    raise InvalidCiphertext("ciphertext does not verify", reason="kcv_mismatch")
+            except BaseException:
+                _destroy_quietly(obj, label)
+                raise
+        self._note_version(key_id, version, fresh=False)
+        log.info("imported master key %s version %d (kcv %s) under %r", key_id, version, kcv,
+                 wrapping_key_label)
+        return KeyInfo(key_id, version, kcv)
 
     # -- data keys -------------------------------------------------------------------------
 
@@ -274,6 +423,23 @@ class Keyring:
         lease.keys[(kid, version)] = obj
         return obj
 
+    def _find_label(self, lease: Lease, label: str) -> bool:
+        """Whether the token holds a secret key labelled ``label`` (a lost token raises)."""
+        with translated("find key"):
+            found = list(lease.session.get_objects({Attribute.CLASS: _SECRET,
+                                                    Attribute.LABEL: label}))
+        if not found:
+            self.pool.check_token(lease)  # an empty search may mean a lost token
+        return bool(found)
+
+    def _note_version(self, key_id: str, version: int, *, fresh: bool) -> None:
+        """Remember a version just made: the latest of a new key id; of a known one only if
+        the latest is already known (else it is read from the token when first needed)."""
+        kid = key_id_bytes(key_id)
+        latest = self._latest.get(kid)
+        if fresh or latest is not None:
+            self._latest[kid] = max(latest or 0, version)
+
     def _latest_version(self, lease: Lease, kid: bytes) -> int:
         version = self._latest.get(kid)
         if version is not None:
@@ -292,10 +458,7 @@ class Keyring:
     @staticmethod
     def _check(obj: Any, label: str, *, allow_unsafe: bool) -> None:
         with translated("read key attributes"):
-            try:
-                attrs = obj.get_attributes(list(POLICY_ATTRIBUTES))
-            except p11e.AttributeTypeInvalid:
-                attrs = {}
+            attrs = _policy_attributes(obj)
         if not attrs:
             raise UnsafeKey(f"attributes of master key {label} can't be read")
         check_attributes(attrs, label, allow_unsafe=allow_unsafe)
@@ -312,3 +475,32 @@ class Keyring:
             return value.hex()
         block = obj.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)
         return bytes(block[:3]).hex()
+
+
+def _policy_attributes(obj: Any) -> dict[Any, Any]:
+    """The policy attributes and WRAP_WITH_TRUSTED (false where the module doesn't know it);
+    {} if even the policy attributes can't be read. Call inside ``translated``."""
+    try:
+        return dict(obj.get_attributes(_POLICY_READ))
+    except p11e.AttributeTypeInvalid:
+        pass
+    try:
+        attrs = dict(obj.get_attributes(list(POLICY_ATTRIBUTES)))
+    except p11e.AttributeTypeInvalid:
+        return {}
+    attrs[TRUST_ATTRIBUTE] = False
+    return attrs
+
+
+def _canonical(key_id: str) -> str:
+    """``key_id`` as we write it in labels (lower-case UUID text); :class:`InvalidInput`."""
+    return str(uuid.UUID(bytes=key_id_bytes(key_id)))
+
+
+def _destroy_quietly(obj: Any, label: str) -> None:
+    try:
+        with translated("destroy rejected key"):
+            obj.destroy()
+    except HSMError as exc:
+        log.error("could not destroy rejected key %s (%s); destroy it by hand", label,
+                  exc.reason)

@@ -10,8 +10,18 @@ registered automatically, so a test just asks for it::
 Other fixtures: ``hsm_harness`` (the :class:`Harness`), ``hsm_config`` (its ``hsm.toml``)
 and ``hsm_harness_factory`` (``factory(members=3)`` for clusters). Outside pytest, use
 :func:`harness_up` / :func:`harness_down`, or ``python -m hsm.testing up DIR --members N``.
+
+Faults: each harness member loads SoftHSM through its own pass-through PKCS#11 module, so
+:class:`FaultInjector` (or ``hsm fault ...``) can make it return any CKR code, slow down,
+hang, or lose its token, and heal it again (``docs/FAULTS.md``)::
+
+    faults = FaultInjector(harness)
+    faults.inject("hsm-a", "DEVICE_ERROR")
+    ...
+    faults.heal("hsm-a")
 """
 
+from hsm.testing.faults import Fault, FaultInjector
 from hsm.testing.softhsm import (
     Harness,
     HarnessError,
@@ -23,6 +33,8 @@ from hsm.testing.softhsm import (
 )
 
 __all__ = [
+    "Fault",
+    "FaultInjector",
     "Harness",
     "HarnessError",
     "HarnessMember",

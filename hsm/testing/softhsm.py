@@ -9,10 +9,16 @@ A harness directory ``DIR`` (mode 0700) holds::
     DIR/members/<name>/tokens/        that member's token directory
     DIR/members/<name>/libsofthsm2-<name>.so
                                       its own copy of the module: an independent instance
+    DIR/members/<name>/libp11shim-<name>.so (+ .conf)
+                                      with faults (the default when ``cc`` and p11-kit's
+                                      pkcs11.h exist): its own copy of the fault-injection
+                                      shim, forwarding to the SoftHSM copy; hsm.toml names it
+    DIR/members/<name>/fault          the shim's control file, present while a fault is set
 
 Every member uses the same user PIN. This module never loads a PKCS#11 module in-process
 (that belongs to :mod:`hsm.pkcs11`); it drives ``softhsm2-util`` in subprocesses whose
 environment alone carries ``SOFTHSM2_CONF``. PINs never appear in messages, reprs or logs.
+Faults are injected with :class:`hsm.testing.faults.FaultInjector`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -44,11 +51,15 @@ __all__ = [
     "load_harness",
 ]
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "harness.json"
 CONFIG = "hsm.toml"
 PIN_FILE = "pin"
 SO_PIN_FILE = "so-pin"
 MEMBERS_DIR = "members"
+#: The fault-injection shim's control file in each member directory.
+CONTROL_FILE = "fault"
 _FORMAT = "hsm.testing.harness"
 _FORMAT_VERSION = 1
 
@@ -87,10 +98,21 @@ class HarnessMember:
     conf: Path
     token_label: str
     serial: str
+    faults: bool = False  # True: ``module`` is the fault-injection shim
 
     @property
     def token_dir(self) -> Path:
         return self.directory / "tokens"
+
+    @property
+    def softhsm_module(self) -> Path:
+        """This member's own copy of SoftHSM (``module`` itself, or what the shim loads)."""
+        return self.directory / _module_name(self.name)
+
+    @property
+    def fault_control(self) -> Path:
+        """The shim's control file (see :mod:`hsm.testing.faults`)."""
+        return self.directory / CONTROL_FILE
 
     @property
     def env(self) -> dict[str, str]:
@@ -107,6 +129,11 @@ class Harness:
     members: tuple[HarnessMember, ...]
     pin_file: Path
     so_pin_file: Path
+
+    @property
+    def faults(self) -> bool:
+        """True if every member loads SoftHSM through the fault-injection shim."""
+        return all(member.faults for member in self.members)
 
     def member(self, name: str) -> HarnessMember:
         for member in self.members:
@@ -153,6 +180,7 @@ def harness_up(
     *,
     module: Path | None = None,
     names: Sequence[str] | None = None,
+    faults: bool | None = None,
 ) -> Harness:
     """Stand up ``members`` independent SoftHSM instances in ``directory``; return the harness.
 
@@ -160,10 +188,16 @@ def harness_up(
     ``names`` is given) it is re-used as is. Any other non-empty ``directory`` is refused.
     The harness is built in a temporary directory beside ``directory`` and renamed into
     place, so a failure leaves nothing half-built behind.
+
+    ``faults``: each member loads its SoftHSM through its own copy of the fault-injection
+    shim (:mod:`hsm.testing.faults`), built with the system ``cc``. ``None`` (the default):
+    if the shim can't be built, log a warning and load SoftHSM directly. ``True``: raise
+    :class:`HarnessError` instead. ``False``: no shim. A re-used harness must match an
+    explicit ``True`` or ``False``.
     """
     member_names = _member_names(members, names)
     target = Path(directory).expanduser().resolve()
-    existing = _existing(target, member_names, names is not None)
+    existing = _existing(target, member_names, names is not None, faults)
     if existing is not None:
         return existing
     util = _find_util()
@@ -180,7 +214,8 @@ def harness_up(
         raise
     try:
         _check_path(build)
-        harness = _build(build, target, member_names, Path(source), util)
+        shim = _shim(faults, build)
+        harness = _build(build, target, member_names, Path(source), util, shim)
         try:
             os.rename(build, target)
         except OSError as exc:
@@ -189,7 +224,7 @@ def harness_up(
                                    f"{exc.strerror}") from None
             # Another process finished first: use its harness if it is what we wanted.
             shutil.rmtree(build, ignore_errors=True)
-            again = _existing(target, member_names, names is not None)
+            again = _existing(target, member_names, names is not None, faults)
             if again is None:
                 raise HarnessError(f"{target} appeared while the harness was being built") from None
             return again
@@ -227,6 +262,9 @@ def load_harness(directory: str | os.PathLike[str]) -> Harness:
     raw_members = manifest.get("members")
     if not isinstance(raw_members, list) or not raw_members:
         raise HarnessError(f"harness manifest {target / MANIFEST} lists no members")
+    faults = manifest.get("faults", False)
+    if not isinstance(faults, bool):
+        raise HarnessError(f"harness manifest {target / MANIFEST} is malformed")
     members = []
     for raw in raw_members:
         if not isinstance(raw, dict) or not all(
@@ -235,7 +273,7 @@ def load_harness(directory: str | os.PathLike[str]) -> Harness:
             raise HarnessError(f"harness manifest {target / MANIFEST} is malformed")
         if not _NAME_RE.fullmatch(raw["name"]):
             raise HarnessError(f"harness manifest {target / MANIFEST} is malformed")
-        members.append(_member(target, raw["name"], raw["serial"]))
+        members.append(_member(target, raw["name"], raw["serial"], faults))
     return _harness(target, members)
 
 
@@ -273,7 +311,8 @@ def _letters(index: int) -> str:
     return out
 
 
-def _existing(target: Path, names: list[str], names_given: bool) -> Harness | None:
+def _existing(target: Path, names: list[str], names_given: bool,
+              faults: bool | None) -> Harness | None:
     """The harness already in ``target`` if it matches the request; None if ``target`` is free."""
     if not target.exists():
         if target.is_symlink():
@@ -294,6 +333,12 @@ def _existing(target: Path, names: list[str], names_given: bool) -> Harness | No
             f"{target} already holds a harness with {len(have)} member(s) ({', '.join(have)}); "
             f"run harness_down on it first"
         )
+    if faults is not None and harness.faults != faults:
+        have_faults = "with" if harness.faults else "without"
+        raise HarnessError(
+            f"{target} already holds a harness {have_faults} fault injection; "
+            f"run harness_down on it first"
+        )
     missing = [p for p in _expected_paths(harness) if not p.exists()]
     if missing:
         raise HarnessError(
@@ -308,8 +353,11 @@ def _expected_paths(harness: Harness) -> Iterator[Path]:
     yield harness.so_pin_file
     for member in harness.members:
         yield member.module
+        yield member.softhsm_module
         yield member.conf
         yield member.token_dir
+        if member.faults:
+            yield member.module.with_name(member.module.name + ".conf")
 
 
 def _check_path(path: Path) -> None:
@@ -346,7 +394,23 @@ def _remove_parents(created: list[Path]) -> None:
             path.rmdir()
 
 
-def _build(build: Path, target: Path, names: list[str], source: Path, util: str) -> Harness:
+def _shim(faults: bool | None, work: Path) -> Path | None:
+    """The compiled fault-injection shim, or None when the harness goes without."""
+    if faults is False:
+        return None
+    from hsm.testing.faults import compiled_shim  # imports this module
+
+    try:
+        return compiled_shim(work)
+    except HarnessError as exc:
+        if faults:
+            raise
+        log.warning("fault injection unavailable, members load SoftHSM directly: %s", exc)
+        return None
+
+
+def _build(build: Path, target: Path, names: list[str], source: Path, util: str,
+           shim: Path | None) -> Harness:
     """Fill ``build`` with a harness whose files name their final home, ``target``."""
     os.chmod(build, 0o700)
     pin = secrets.token_hex(16)
@@ -372,8 +436,13 @@ def _build(build: Path, target: Path, names: list[str], source: Path, util: str)
                     "--pin", pin, "--so-pin", so_pin], env, name, secrets_)
         shown = _run(util, ["--module", str(module_copy), "--show-slots"], env, name, secrets_)
         serial = _serial_for(shown, name)
-        final = _member(target, name, serial)
+        final = _member(target, name, serial, shim is not None)
         conf.write_text(_render(template, final.token_dir), encoding="utf-8")
+        if shim is not None:
+            from hsm.testing.faults import install_shim  # imports this module
+
+            install_shim(shim, work / final.module.name, real_module=final.softhsm_module,
+                         control=final.fault_control)
         members.append(final)
     harness = _harness(target, members)
     (build / CONFIG).write_text(_config_toml(harness), encoding="utf-8")
@@ -382,6 +451,7 @@ def _build(build: Path, target: Path, names: list[str], source: Path, util: str)
         "version": _FORMAT_VERSION,
         "directory": str(target),
         "source_module": str(source),
+        "faults": shim is not None,
         "members": [{"name": m.name, "token_label": m.token_label, "serial": m.serial}
                     for m in members],
     }
@@ -394,15 +464,20 @@ def _module_name(name: str) -> str:
     return f"libsofthsm2-{name}.so"
 
 
-def _member(directory: Path, name: str, serial: str) -> HarnessMember:
+def _shim_name(name: str) -> str:
+    return f"libp11shim-{name}.so"
+
+
+def _member(directory: Path, name: str, serial: str, faults: bool) -> HarnessMember:
     work = directory / MEMBERS_DIR / name
     return HarnessMember(
         name=name,
         directory=work,
-        module=work / _module_name(name),
+        module=work / (_shim_name(name) if faults else _module_name(name)),
         conf=work / "softhsm2.conf",
         token_label=name,
         serial=serial,
+        faults=faults,
     )
 
 

@@ -21,8 +21,8 @@ def main(config: str, seconds: float, threads: int) -> int:
     problems: list[str] = []
     lock = threading.Lock()
     with hsm.open(config) as client:
-        assert client._primary is not None
         module = client._primary.module
+        assert module is not None
         module.reinit_interval = 0.0  # this test forces re-initializes on purpose
         keys = [client.create_key().key_id for _ in range(2)]
         stop = time.monotonic() + seconds

@@ -28,8 +28,9 @@ def client(harness: Harness) -> Iterator[hsm.Client]:
 
 
 def _module(client: hsm.Client) -> Module:
-    assert client._primary is not None
-    return client._primary.module
+    module = client._primary.module
+    assert module is not None
+    return module
 
 
 def _token_dir(harness: Harness) -> Path:

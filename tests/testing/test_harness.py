@@ -68,12 +68,17 @@ def test_members_are_independent(three: Harness) -> None:
     assert len({m.token_dir for m in members}) == 3
     assert len({m.conf for m in members}) == 3
     assert len({m.module for m in members}) == 3
+    assert len({m.softhsm_module for m in members}) == 3
     source = find_softhsm_module().read_bytes()
     for member in members:
         assert member.directory == three.directory / "members" / member.name
-        assert member.module.name == f"libsofthsm2-{member.name}.so"
+        assert member.softhsm_module.name == f"libsofthsm2-{member.name}.so"
+        assert not member.softhsm_module.is_symlink()
+        assert member.softhsm_module.read_bytes() == source
+        # hsm.toml names the member's own fault-injection shim, which loads that copy.
+        assert member.faults
+        assert member.module.name == f"libp11shim-{member.name}.so"
         assert not member.module.is_symlink()
-        assert member.module.read_bytes() == source
         assert f"directories.tokendir = {member.token_dir}\n" in member.conf.read_text()
         assert len(list(member.token_dir.iterdir())) == 1  # exactly one token on disk
 
@@ -268,7 +273,7 @@ def test_custom_names_and_bad_names(tmp_path: Path) -> None:
     """Members can be named; names that can't be a token label or file name are refused."""
     harness = harness_up(tmp_path / "h", 2, names=["primary", "backup"])
     assert [m.token_label for m in harness.members] == ["primary", "backup"]
-    assert harness.member("backup").module.name == "libsofthsm2-backup.so"
+    assert harness.member("backup").softhsm_module.name == "libsofthsm2-backup.so"
     cases = [(1, ["a/b"]), (1, ["../x"]), (1, [""]), (1, ["x" * 33]), (2, ["a", "a"]),
              (2, ["a"]), (2, "ab")]
     for members, names in cases:
@@ -353,7 +358,7 @@ def test_env_override_names_the_module(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("HSM_SOFTHSM_MODULE", str(copy))
     assert find_softhsm_module() == copy
     harness = harness_up(tmp_path / "h", 1)
-    assert harness.members[0].module.read_bytes() == copy.read_bytes()
+    assert harness.members[0].softhsm_module.read_bytes() == copy.read_bytes()
 
 
 def test_missing_softhsm_util_is_a_harness_error(
@@ -383,7 +388,7 @@ def test_public_api_is_curated() -> None:
     """hsm.testing exports exactly the harness API."""
     assert sorted(hsm.testing.__all__) == sorted([
         "Harness", "HarnessMember", "HarnessError", "harness_up", "harness_down",
-        "load_harness", "find_softhsm_module",
+        "load_harness", "find_softhsm_module", "FaultInjector", "Fault",
     ])
     assert issubclass(HarnessError, HSMError)
 

@@ -1,0 +1,143 @@
+"""A cluster member: the calls the cluster makes on one HSM, and the real implementation.
+
+:class:`MemberBackend` is the interface the cluster logic depends on; :class:`HSMMember`
+implements it over one module + token (module, session pool, keyring), and
+:class:`hsm.testing.FakeMember` implements it in memory for testing the cluster logic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from hsm.config import MemberConfig
+from hsm.errors import HSMError, HSMUnavailable
+from hsm.keys import DataKey, KeyInfo, Keyring
+from hsm.pkcs11 import Module, SessionPool
+
+__all__ = ["HSMMember", "MemberBackend"]
+
+
+class MemberBackend(Protocol):
+    """One HSM as the cluster sees it. Every method may raise :class:`hsm.HSMError`."""
+
+    name: str
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def ping(self) -> None: ...
+    def generate_data_key(self, key_id: str, context: Any) -> DataKey: ...
+    def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any) -> bytes: ...
+    def unwrap(self, blob: bytes, context: Any) -> bytearray: ...
+    def generate_random(self, size: int) -> bytes: ...
+    def create_key(self, key_id: str, version: int, replicable: bool) -> KeyInfo: ...
+    def destroy_key(self, key_id: str, version: int) -> None: ...
+    def list_keys(self) -> list[KeyInfo]: ...
+    def key_info(self, key_id: str, version: int | None) -> KeyInfo: ...
+    def export_key(self, key_id: str, version: int) -> bytes: ...
+    def import_key(self, key_id: str, version: int, wrapped: bytes, *,
+                   expected_kcv: str | None = None) -> KeyInfo: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+class HSMMember:
+    """A member on a real PKCS#11 module. Opens lazily: a member that is down when the
+    cluster opens is opened again by the first probe that finds it back."""
+
+    def __init__(self, config: MemberConfig, *, allow_unsafe_keys: bool = False) -> None:
+        self.config = config
+        self.name = config.name
+        self.allow_unsafe_keys = allow_unsafe_keys
+        self.module: Module | None = None
+        self.keyring: Keyring | None = None
+
+    def open(self) -> None:
+        if self.keyring is not None:
+            return
+        module = Module.acquire(self.config.module, self.config.env)
+        try:
+            pool = SessionPool.acquire(module, self.config.token, self.config.pin,
+                                       size=self.config.pool_size)
+            try:
+                keyring = Keyring(pool, allow_unsafe_keys=self.allow_unsafe_keys).open()
+            except BaseException:
+                pool.release()
+                raise
+        except BaseException:
+            module.release()
+            raise
+        self.module, self.keyring = module, keyring
+
+    def close(self) -> None:
+        keyring, module = self.keyring, self.module
+        self.keyring = self.module = None
+        try:
+            if keyring is not None:
+                keyring.pool.release()
+        finally:
+            if module is not None:
+                module.release()
+
+    def _ring(self) -> Keyring:
+        ring = self.keyring
+        if ring is None:
+            raise HSMUnavailable(f"member {self.name} is not connected", reason="not_open")
+        return ring
+
+    def ping(self) -> None:
+        """Open if needed, then a cheap call that needs the token and the login."""
+        if self.keyring is None:
+            self.open()
+        self._ring().generate_random(1)
+
+    def generate_data_key(self, key_id: str, context: Any) -> DataKey:
+        return self._ring().generate_data_key(key_id, context)
+
+    def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any) -> bytes:
+        return self._ring().wrap(key_id, plaintext, context)
+
+    def unwrap(self, blob: bytes, context: Any) -> bytearray:
+        return self._ring().unwrap(blob, context)
+
+    def generate_random(self, size: int) -> bytes:
+        return self._ring().generate_random(size)
+
+    def create_key(self, key_id: str, version: int, replicable: bool) -> KeyInfo:
+        return self._ring().create_key(key_id=key_id, version=version, replicable=replicable)
+
+    def destroy_key(self, key_id: str, version: int) -> None:
+        self._ring().destroy_key(key_id, version)
+
+    def list_keys(self) -> list[KeyInfo]:
+        return self._ring().list_keys()
+
+    def key_info(self, key_id: str, version: int | None) -> KeyInfo:
+        return self._ring().key_info(key_id, version)
+
+    def export_key(self, key_id: str, version: int) -> bytes:
+        return self._ring().export_key(key_id, version)
+
+    def import_key(self, key_id: str, version: int, wrapped: bytes, *,
+                   expected_kcv: str | None = None) -> KeyInfo:
+        return self._ring().import_key(key_id, version, wrapped, expected_kcv=expected_kcv)
+
+    def describe(self) -> dict[str, Any]:
+        """Module, token and mechanisms, for ``hsm status``; connects if needed."""
+        out: dict[str, Any] = {"module": self.config.module, "token_label": "",
+                               "token_serial": "", "os_locking": False, "mechanisms": {},
+                               "keys": 0}
+        try:
+            if self.keyring is None:
+                self.open()
+            ring = self._ring()
+            assert self.module is not None
+            out.update(token_label=ring.pool.token_label, token_serial=ring.pool.token_serial,
+                       os_locking=self.module.os_locking,
+                       mechanisms=ring.mechanisms.as_dict(), keys=len(ring.list_keys()))
+        except HSMError as exc:
+            out["error"] = str(exc)
+        return out
+
+    def __repr__(self) -> str:
+        state = "open" if self.keyring is not None else "closed"
+        return f"<HSMMember {self.name} {state}>"
+

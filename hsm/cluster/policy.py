@@ -1,0 +1,129 @@
+"""The one failover policy: which errors move a call to another member, and which don't.
+
+:class:`FailoverPolicy` is an immutable value. Each try is recorded with
+:meth:`FailoverPolicy.increment`, which returns a new policy whose ``history`` has the
+attempt appended; :meth:`FailoverPolicy.decide` says what to do next:
+
+=================================  ===========================  ==========================
+error on a member                  idempotent call              state-changing call
+=================================  ===========================  ==========================
+transient (device, session, hang)  try the next member          raise (never repeated
+                                                                blindly elsewhere)
+integrity (does not verify)        ask every other member; it   raise
+                                   stands if none opens it
+key not found on that member       try the next member (the     raise
+                                   key may not have reached it)
+other permanent (bad input, PIN)   raise                        raise
+=================================  ===========================  ==========================
+
+When members run out, :func:`exhausted` builds the error that carries every attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from hsm.errors import (
+    ClusterUnavailable,
+    HSMError,
+    InvalidCiphertext,
+    KeyNotFound,
+    Kind,
+)
+
+__all__ = ["Attempt", "Decision", "FailoverPolicy", "Operation", "exhausted"]
+
+
+class Operation(enum.Enum):
+    """The calls a member serves; ``idempotent`` ones may be repeated on another member."""
+
+    GENERATE_DATA_KEY = "generate_data_key"
+    WRAP = "wrap"
+    UNWRAP = "unwrap"
+    RANDOM = "generate_random"
+    LIST_KEYS = "list_keys"
+    KEY_INFO = "key_info"
+    CREATE_KEY = "create_key"
+    DESTROY_KEY = "destroy_key"
+    EXPORT_KEY = "export_key"
+    IMPORT_KEY = "import_key"
+    PING = "ping"
+
+    @property
+    def idempotent(self) -> bool:
+        return self not in (Operation.CREATE_KEY, Operation.DESTROY_KEY)
+
+
+class Decision(enum.Enum):
+    NEXT_MEMBER = "next_member"  # a transient failure: the call moves on
+    VERIFY_ELSEWHERE = "verify_elsewhere"  # a member says "does not verify": ask another
+    RAISE = "raise"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of one call on one member. Holds no data, only what happened."""
+
+    member: str
+    outcome: str  # "ok", "transient", "timeout", "integrity", "key_not_found", "permanent"
+    reason: str
+    ms: float
+
+    def __str__(self) -> str:
+        return f"{self.member}: {self.outcome} ({self.reason}, {self.ms:.0f} ms)"
+
+
+def outcome_of(error: HSMError) -> str:
+    if isinstance(error, KeyNotFound):
+        return "key_not_found"
+    if error.reason == "deadline":
+        return "timeout"
+    return {Kind.TRANSIENT: "transient", Kind.INTEGRITY: "integrity"}.get(error.kind,
+                                                                          "permanent")
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverPolicy:
+    """What has been tried for one call, and the rule for what comes next."""
+
+    operation: Operation
+    history: tuple[Attempt, ...] = ()
+
+    def increment(self, attempt: Attempt) -> FailoverPolicy:
+        return FailoverPolicy(self.operation, (*self.history, attempt))
+
+    @property
+    def tried(self) -> frozenset[str]:
+        return frozenset(a.member for a in self.history)
+
+    def decide(self, error: HSMError) -> Decision:
+        outcome = outcome_of(error)
+        if not self.operation.idempotent:
+            return Decision.RAISE
+        if outcome in ("transient", "timeout", "key_not_found"):
+            return Decision.NEXT_MEMBER
+        if outcome == "integrity":
+            return Decision.VERIFY_ELSEWHERE
+        return Decision.RAISE
+
+
+def exhausted(policy: FailoverPolicy, last: HSMError | None) -> HSMError:
+    """The error to raise when no member is left to try.
+
+    A "does not verify" that no member contradicted stands (a member that could not
+    answer is no contradiction); so do members that all agree a key does not exist.
+    Anything else failed for want of a working member.
+    """
+    outcomes = {a.outcome for a in policy.history}
+    if last is not None and "integrity" in outcomes:
+        if isinstance(last, InvalidCiphertext):
+            return last
+        return InvalidCiphertext("ciphertext does not verify", reason="integrity")
+    if last is not None and outcomes == {"key_not_found"}:
+        return last
+    tried = "; ".join(str(a) for a in policy.history) or "no member was available"
+    return ClusterUnavailable(
+        f"{policy.operation.value} failed on every member: {tried}",
+        attempts=policy.history,
+    )

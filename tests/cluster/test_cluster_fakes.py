@@ -1,0 +1,299 @@
+"""Cluster logic over in-memory members: routing, failover, deadlines, quorum, resync."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import hsm
+from hsm.cluster import Cluster, State
+from hsm.testing.fakes import FakeMember
+
+CTX = {"tenant": "acme"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make(n: int, clock: Clock, **kw: object) -> tuple[Cluster, list[FakeMember]]:
+    members = [FakeMember(f"m{i}") for i in range(n)]
+    cluster = Cluster(members, monitor=False, clock=clock, **kw)  # type: ignore[arg-type]
+    cluster.open()
+    return cluster, members
+
+
+@pytest.fixture
+def three(clock: Clock) -> Iterator[tuple[Cluster, list[FakeMember]]]:
+    cluster, members = make(3, clock, quorum=2, deadline_ms=200)
+    yield cluster, members
+    for m in members:
+        m.heal()
+    cluster.close()
+
+
+def test_failover_mode_uses_the_first_healthy_member(three: tuple[Cluster, list[FakeMember]],
+                                                     ) -> None:
+    """In failover mode every call goes to the first member while it is healthy."""
+    cluster, (a, b, c) = three
+    key = cluster.create_key()
+    for _ in range(5):
+        cluster.generate_data_key(key.key_id, CTX)
+    assert a.calls["generate_data_key"] == 5
+    assert b.calls["generate_data_key"] == c.calls["generate_data_key"] == 0
+
+
+def test_transient_error_fails_over_and_marks_the_member_down(
+    three: tuple[Cluster, list[FakeMember]],
+) -> None:
+    """A device error on the primary moves the call on; the primary is down and gets no
+    more work, and the call still succeeds."""
+    cluster, (a, b, _) = three
+    key = cluster.create_key()
+    dk = cluster.generate_data_key(key.key_id, CTX)
+    a.fail()
+    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+    assert cluster.state_of("m0") is State.DOWN
+    cluster.unwrap(dk.wrapped, CTX)
+    assert a.calls["unwrap"] == 1
+    assert b.calls["unwrap"] == 2
+    assert cluster.metrics.failovers.labels("m0")._value.get() == 1
+
+
+def test_business_errors_do_not_change_health(three: tuple[Cluster, list[FakeMember]]) -> None:
+    """A wrong context or an unknown key is the caller's mistake: no member goes down."""
+    cluster, members = three
+    key = cluster.create_key()
+    dk = cluster.generate_data_key(key.key_id, CTX)
+    with pytest.raises(hsm.InvalidCiphertext):
+        cluster.unwrap(dk.wrapped, {"tenant": "evil"})
+    with pytest.raises(hsm.KeyNotFound):
+        cluster.generate_data_key("00000000-0000-4000-8000-000000000000", CTX)
+    with pytest.raises(hsm.InvalidContext):
+        cluster.generate_data_key(key.key_id, {"a": 1})
+    assert all(cluster.state_of(m.name) is State.HEALTHY for m in members)
+
+
+def test_a_faulty_member_cannot_turn_good_ciphertext_bad(
+    three: tuple[Cluster, list[FakeMember]],
+) -> None:
+    """A member that says "does not verify" to a good blob is overruled by the next one,
+    and taken out of service."""
+    cluster, (a, b, _) = three
+    key = cluster.create_key()
+    dk = cluster.generate_data_key(key.key_id, CTX)
+    a.corrupt = True
+    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+    assert b.calls["unwrap"] == 1
+    assert cluster.state_of("m0") is State.DOWN
+
+
+def test_real_tampering_is_confirmed_by_a_second_member(
+    three: tuple[Cluster, list[FakeMember]],
+) -> None:
+    """A tampered blob is refused by every member, then InvalidCiphertext is raised."""
+    cluster, (a, b, c) = three
+    key = cluster.create_key()
+    blob = bytearray(cluster.wrap(key.key_id, bytes(32), CTX))
+    blob[-1] ^= 1
+    with pytest.raises(hsm.InvalidCiphertext):
+        cluster.unwrap(bytes(blob), CTX)
+    assert a.calls["unwrap"] == b.calls["unwrap"] == c.calls["unwrap"] == 1
+    assert all(cluster.state_of(m.name) is State.HEALTHY for m in (a, b, c))
+
+
+def test_create_is_never_repeated_elsewhere(three: tuple[Cluster, list[FakeMember]]) -> None:
+    """A transient error while creating a key raises; no other member is asked to create."""
+    cluster, (a, b, c) = three
+    a.fail_next(1)
+    with pytest.raises(hsm.HSMUnavailable):
+        cluster.create_key()
+    assert a.calls["create_key"] == 1
+    assert b.calls["create_key"] == c.calls["create_key"] == 0
+
+
+def test_every_member_down_gives_all_attempts(three: tuple[Cluster, list[FakeMember]]) -> None:
+    """When no member can serve, ClusterUnavailable lists an attempt per member."""
+    cluster, members = three
+    key = cluster.create_key()
+    for m in members:
+        m.fail()
+    with pytest.raises(hsm.ClusterUnavailable) as info:
+        cluster.generate_data_key(key.key_id, CTX)
+    assert sorted(a.member for a in info.value.attempts) == ["m0", "m1", "m2"]
+
+
+def test_down_members_are_a_last_resort(three: tuple[Cluster, list[FakeMember]]) -> None:
+    """With every member marked down but one actually working, calls still succeed."""
+    cluster, (a, b, c) = three
+    key = cluster.create_key()
+    for m in (a, b, c):
+        m.fail()
+    with pytest.raises(hsm.ClusterUnavailable):
+        cluster.generate_data_key(key.key_id, CTX)
+    c.heal()
+    dk = cluster.generate_data_key(key.key_id, CTX)
+    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+
+
+def test_a_hang_costs_one_deadline_and_makes_the_member_suspect(
+    three: tuple[Cluster, list[FakeMember]],
+) -> None:
+    """A hung member is given up after the deadline, the call succeeds elsewhere, the member
+    is suspect (no new work) until the hung call returns."""
+    cluster, (a, b, _) = three
+    key = cluster.create_key()
+    a.hang()
+    dk = cluster.generate_data_key(key.key_id, CTX)
+    assert b.calls["generate_data_key"] == 1
+    assert cluster.state_of("m0") is State.SUSPECT
+    cluster.generate_data_key(key.key_id, CTX)
+    assert a.calls["generate_data_key"] == 1  # no new work while suspect
+    a.heal()
+    for _ in range(200):
+        if cluster.state_of("m0") is State.HEALTHY:
+            break
+        threading.Event().wait(0.01)
+    assert cluster.state_of("m0") is State.HEALTHY
+    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+
+
+def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
+    """In balanced mode a member with calls in flight is passed over for an idle one."""
+    cluster, (a, b) = make(2, clock, mode="balanced", deadline_ms=2000)
+    try:
+        key = cluster.create_key()
+        a.hang()
+        done = threading.Event()
+
+        def slow() -> None:
+            cluster.generate_data_key(key.key_id, CTX)
+            done.set()
+
+        cluster.deadline = 5.0
+        t = threading.Thread(target=slow)
+        t.start()
+        for _ in range(200):
+            if cluster.health["m0"].outstanding:
+                break
+            threading.Event().wait(0.005)
+        cluster.generate_data_key(key.key_id, CTX)
+        assert b.calls["generate_data_key"] == 1
+        a.heal()
+        t.join(5)
+        assert done.is_set()
+    finally:
+        cluster.close()
+
+
+def test_quorum_creation_and_pending_replication(three: tuple[Cluster, list[FakeMember]],
+                                                 clock: Clock) -> None:
+    """With one member down a key still reaches quorum 2; the down member gets it when it is
+    re-admitted, with the same KCV."""
+    cluster, (_a, _b, c) = three
+    c.fail()
+    cluster.generate_random(1)  # no effect on c: it is not asked
+    cluster.health["m2"].failed("device_error")
+    key = cluster.create_key()
+    assert (key.key_id, 1) in cluster.pending["m2"]
+    assert (key.key_id, 1) not in c.keys
+    c.heal()
+    clock.now += 10
+    cluster.check_members()
+    assert cluster.state_of("m2") is State.HEALTHY
+    assert c.key_info(key.key_id, 1).kcv == key.kcv
+    assert not cluster.pending["m2"]
+    assert cluster.verify().ok
+
+
+def test_too_few_members_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> None:
+    """If the copies can't reach quorum, the key is destroyed everywhere and the error says
+    why."""
+    cluster, (a, b, c) = three
+    b.fail_next(1)
+    c.fail_next(1)
+    with pytest.raises(hsm.QuorumNotReached, match="rolled back"):
+        cluster.create_key()
+    assert not a.keys
+    assert not b.keys
+    assert not c.keys
+
+
+def test_kcv_mismatch_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> None:
+    """A copy whose KCV differs (a member with another wrapping key) aborts creation."""
+    cluster, (a, b, c) = three
+
+    def refuse(key_id: str, version: int, wrapped: bytes, *,
+               expected_kcv: str | None = None) -> hsm.KeyInfo:
+        raise hsm.InvalidCiphertext("imported key has another KCV", reason="kcv_mismatch")
+
+    b.import_key = refuse  # type: ignore[method-assign]
+    with pytest.raises(hsm.ReplicationError, match="m1"):
+        cluster.create_key()
+    assert not a.keys
+    assert not b.keys
+    assert not c.keys
+
+
+def test_a_member_with_another_wrapping_key_is_left_out(
+    three: tuple[Cluster, list[FakeMember]],
+) -> None:
+    """A member whose cluster wrapping key differs can't open the copy: the key still
+    reaches quorum on the others, and verify() reports the member missing it."""
+    cluster, (a, b, c) = three
+    b.cluster_key = bytes(32)
+    key = cluster.create_key()
+    assert (key.key_id, 1) in a.keys
+    assert (key.key_id, 1) in c.keys
+    assert (key.key_id, 1) not in b.keys
+    report = cluster.verify()
+    assert not report.ok
+    assert {m.name: m.missing for m in report.members}["m1"] == [(key.key_id, 1)]
+
+
+def test_verify_reports_drift_member_by_member(three: tuple[Cluster, list[FakeMember]]) -> None:
+    """verify() names the keys each member lacks or holds with another KCV."""
+    cluster, (_a, b, c) = three
+    key = cluster.create_key()
+    del c.keys[(key.key_id, 1)]
+    b.keys[(key.key_id, 1)] = bytes(32)
+    report = cluster.verify()
+    assert not report.ok
+    by_name = {m.name: m for m in report.members}
+    assert by_name["m2"].missing == [(key.key_id, 1)]
+    assert by_name["m1"].mismatched == [(key.key_id, 1)]
+
+
+def test_single_member_cluster_raises_the_members_error(clock: Clock) -> None:
+    """A cluster of one behaves like the member: its transient error comes back as is."""
+    cluster, (a,) = make(1, clock)
+    try:
+        key = cluster.create_key()
+        a.fail()
+        with pytest.raises(hsm.HSMUnavailable) as info:
+            cluster.generate_data_key(key.key_id, CTX)
+        assert info.value.reason == "device_error"
+        a.heal()
+        assert cluster.generate_data_key(key.key_id, CTX).key_id == key.key_id
+    finally:
+        cluster.close()
+
+
+def test_wrong_configuration_fails_at_open(clock: Clock) -> None:
+    """A permanent error while opening a member (a wrong PIN) fails the whole open."""
+    a, b = FakeMember("a"), FakeMember("b")
+    b.fail(hsm.PinIncorrect("PIN refused", reason="pin_incorrect"))
+    with pytest.raises(hsm.PinIncorrect):
+        Cluster([a, b], monitor=False, clock=clock).open()
+    assert not a.opened
