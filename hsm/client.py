@@ -80,8 +80,9 @@ class Client:
                  monitor: bool = True) -> None:
         self.config = config
         self.allow_unsafe_keys = allow_unsafe_keys
-        self.members = [HSMMember(m, allow_unsafe_keys=allow_unsafe_keys)
-                        for m in config.members]
+        alone = len(config.members) == 1  # nowhere to fail over to: recover inside calls
+        self.members = [HSMMember(m, allow_unsafe_keys=allow_unsafe_keys,
+                                  inline_recovery=alone) for m in config.members]
         self.cluster = Cluster(self.members, mode=config.cluster.mode,
                                quorum=config.cluster.quorum,
                                deadline_ms=config.cluster.deadline_ms, monitor=monitor)

@@ -24,8 +24,13 @@ __all__ = ["drill"]
 @click.option("--plot", "plot_path", metavar="FILE.png",
               help="Draw latency over time with the faults marked (needs matplotlib).")
 @click.option("--seed", type=int, default=0, help="Seed of the traffic mix.")
+@click.option("--mode", type=click.Choice(["balanced", "failover"]), default="balanced",
+              show_default=True,
+              help="Routing during the drill (balanced: every member carries traffic).")
+@click.option("--deadline-ms", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Per-call deadline during the drill (a hang must outlive it).")
 def drill(members: int, duration: float, threads: int, schedule: str | None,
-          plot_path: str | None, seed: int) -> None:
+          plot_path: str | None, seed: int, mode: str, deadline_ms: int) -> None:
     """Run mixed traffic while faults come and go; verify every result afterwards.
 
     Without --config it stands up its own SoftHSM cluster in a temporary directory. Exit
@@ -34,7 +39,8 @@ def drill(members: int, duration: float, threads: int, schedule: str | None,
     from hsm.testing.drill import plot, run_drill
 
     report = run_drill(config=settings().config, members=members, duration=duration,
-                       threads=threads, schedule=schedule, seed=seed)
+                       threads=threads, schedule=schedule, seed=seed, mode=mode,
+                       deadline_ms=deadline_ms)
     if plot_path:
         plot(report, plot_path)
 
@@ -51,11 +57,17 @@ def drill(members: int, duration: float, threads: int, schedule: str | None,
                 f"  {fault['at_s']:6.2f}s {fault['member']}={fault['fault']}: "
                 f"next {2:g}s p50 {fault['p50_ms']} ms, p99 {fault['p99_ms']} ms, "
                 f"max {fault['max_ms']} ms; first success elsewhere after {elsewhere} ms")
-        for name, ms in report.readmit_ms.items():
-            click.echo(f"  {name}: re-admitted {ms} ms after its last heal"
-                       if ms is not None else f"  {name}: not re-admitted")
-        click.echo(f"  {report.data_keys_checked} data keys unwrapped on every member; "
-                   f"KCVs agree: {'yes' if report.kcv_agreement else 'NO'}")
+        for name in report.members:
+            if name not in report.readmit_ms:
+                click.echo(f"  {name}: never left service")
+            elif report.readmit_ms[name] is None:
+                click.echo(f"  {name}: NOT re-admitted")
+            else:
+                click.echo(f"  {name}: re-admitted {report.readmit_ms[name]} ms after its "
+                           "last heal")
+        click.echo(f"  {report.data_keys_checked} data keys unwrapped on every member "
+                   f"({report.unverified} could not be checked); KCVs agree: "
+                   f"{'yes' if report.kcv_agreement else 'NO'}")
         if plot_path:
             click.echo(f"  plot: {plot_path}")
         click.echo("PASSED: nothing lost" if report.passed else "FAILED")
@@ -65,4 +77,5 @@ def drill(members: int, duration: float, threads: int, schedule: str | None,
     emit(report.as_dict(), human)
     if not report.passed:
         raise CLIError(f"drill failed: {report.failed} failed, {report.mismatched} "
-                       f"mismatched, KCVs agree: {report.kcv_agreement}")
+                       f"mismatched, {report.unverified} unverified, KCVs agree: "
+                       f"{report.kcv_agreement}")

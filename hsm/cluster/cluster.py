@@ -111,6 +111,7 @@ class Cluster:
     def __init__(self, members: Sequence[MemberBackend], *, mode: str = "failover",
                  quorum: int = 1, deadline_ms: int = 2000,
                  clock: Callable[[], float] = time.monotonic, probe_interval: float = 0.5,
+                 max_probe_interval: float = 5.0,
                  monitor: bool = True, threaded: bool | None = None,
                  executor_workers: int = 16,
                  observer: Callable[[CallRecord], None] | None = None) -> None:
@@ -131,6 +132,7 @@ class Cluster:
         self.probe_interval = probe_interval
         self.metrics = ClusterMetrics(names)
         self.health = {m.name: Health(m.name, clock=clock, probe_interval=probe_interval,
+                                      max_probe_interval=max_probe_interval,
                                       on_change=self._changed) for m in members}
         self.pending: dict[str, set[KeyRef]] = {m.name: set() for m in members}
         self.pending_destroy: dict[str, set[KeyRef]] = {m.name: set() for m in members}

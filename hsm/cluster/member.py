@@ -43,10 +43,12 @@ class HSMMember:
     """A member on a real PKCS#11 module. Opens lazily: a member that is down when the
     cluster opens is opened again by the first probe that finds it back."""
 
-    def __init__(self, config: MemberConfig, *, allow_unsafe_keys: bool = False) -> None:
+    def __init__(self, config: MemberConfig, *, allow_unsafe_keys: bool = False,
+                 inline_recovery: bool = True) -> None:
         self.config = config
         self.name = config.name
         self.allow_unsafe_keys = allow_unsafe_keys
+        self.inline_recovery = inline_recovery  # see SessionPool.inline_recovery
         self.module: Module | None = None
         self.keyring: Keyring | None = None
 
@@ -57,6 +59,7 @@ class HSMMember:
         try:
             pool = SessionPool.acquire(module, self.config.token, self.config.pin,
                                        size=self.config.pool_size)
+            pool.inline_recovery = self.inline_recovery
             try:
                 keyring = Keyring(pool, allow_unsafe_keys=self.allow_unsafe_keys).open()
             except BaseException:
@@ -84,10 +87,13 @@ class HSMMember:
         return ring
 
     def ping(self) -> None:
-        """Open if needed, then a cheap call that needs the token and the login."""
+        """Open if needed, repair if broken, then a cheap call that needs the token and the
+        login."""
         if self.keyring is None:
             self.open()
-        self._ring().generate_random(1)
+        ring = self._ring()
+        ring.pool.recover()
+        ring.generate_random(1)
 
     def generate_data_key(self, key_id: str, context: Any) -> DataKey:
         return self._ring().generate_data_key(key_id, context)

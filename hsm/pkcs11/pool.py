@@ -101,6 +101,10 @@ class SessionPool:
         # broken, OS locking on); -1 when they may not. See _lend.
         self._fast_generation = -1
         module.register(self)
+        # Repair a broken module inside the next call (True: nowhere else to go), or leave
+        # it to recover() and fail fast meanwhile (False: a cluster fails over instead, and
+        # its probe repairs the member, so no caller waits for a re-initialize).
+        self.inline_recovery = True
         self._keys_epoch = 0  # bumped by drop_keys(): leases forget their key objects
         self._lock = threading.Lock()  # guards the login fields, never an HSM call
         self._login_lock = threading.Lock()
@@ -198,7 +202,12 @@ class SessionPool:
 
     # -- login -----------------------------------------------------------------------------
 
-    def _ensure_login(self) -> None:
+    def recover(self) -> None:
+        """Repair a broken module or token now (re-initialize, log in again) whatever
+        ``inline_recovery`` says: what a cluster's probe calls."""
+        self._ensure_login(recover=True)
+
+    def _ensure_login(self, *, recover: bool = False) -> None:
         """Log in unless the current module generation already has our login session."""
         generation = self.module.generation
         if (self._login_generation == generation and self._broken_generation != generation
@@ -207,6 +216,10 @@ class SessionPool:
         with self._login_lock:
             generation = self.module.generation
             if self._broken_generation == generation or self.module.failed:
+                if not (recover or self.inline_recovery):
+                    raise HSMUnavailable(
+                        f"token {self.selector} of {self.module.path} is broken; it is "
+                        "repaired by the next probe", reason="recovering")
                 self.module.reinitialize(generation)
             if self._login_generation == self.module.generation and self._login is not None:
                 return
