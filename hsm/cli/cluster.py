@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from hsm.cli._common import common_options, emit, load
+from hsm.cli._common import CLIError, common_options, emit, load, open_client
 
 __all__ = ["cluster"]
 
@@ -41,3 +41,35 @@ def init() -> None:
         click.echo(f"cluster wrapping key kcv {report.kcv} on {len(report.members)} member(s)")
 
     emit(report.as_dict(), human)
+
+
+@cluster.command("verify")
+@common_options
+def verify() -> None:
+    """Check that every key and version is on every member with the same KCV.
+
+    Drift is reported member by member (missing keys, keys whose KCV differs, members that
+    can't be reached); exit status 1 if there is any.
+    """
+    with open_client() as client:
+        report = client.verify()
+
+    def human() -> None:
+        click.echo(f"{report.keys} key version(s) across {len(report.members)} member(s)")
+        for member in report.members:
+            if not member.reachable:
+                click.echo(f"  {member.name}: UNREACHABLE ({member.error})")
+                continue
+            state = "ok" if not member.missing and not member.mismatched else "DRIFT"
+            click.echo(f"  {member.name}: {state}, {member.keys} key(s)")
+            for key_id, version in member.missing:
+                click.echo(f"    missing    {key_id} v{version}")
+            for key_id, version in member.mismatched:
+                click.echo(f"    other KCV  {key_id} v{version}")
+        click.echo("all members agree" if report.ok else "members disagree")
+
+    emit(report.as_dict(), human)
+    if not report.ok:
+        drifted = [m.name for m in report.members
+                   if not m.reachable or m.missing or m.mismatched]
+        raise CLIError(f"cluster drift on {', '.join(drifted)}")

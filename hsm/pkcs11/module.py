@@ -27,7 +27,7 @@ import pkcs11
 import pkcs11.exceptions as p11e
 
 from hsm.errors import HSMUnavailable, ModuleLoadError, TokenNotFound
-from hsm.pkcs11.oslocking import OSLockingError, enable_os_locking
+from hsm.pkcs11.oslocking import OSLockingError, enable_os_locking, finalize_module
 from hsm.pkcs11.translate import translated
 
 __all__ = ["Module", "TokenSelector"]
@@ -269,21 +269,7 @@ class Module:
                     reason="recovering",
                 )
             self._last_reinit = now
-            self._reinitializing = True
-            self.ready = False
-            deadline = time.monotonic() + drain_timeout
-            while self._busy():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._reinitializing = False
-                    self.ready = not self.failed
-                    self._cond.notify_all()
-                    raise HSMUnavailable(
-                        f"PKCS#11 module {self.path} has calls that never returned",
-                        reason="hung_calls",
-                    )
-                # Pools lending on the fast path don't notify: poll them.
-                self._cond.wait(min(left, 0.002))
+            self._drain_locked(drain_timeout)
         self.failed = True
         try:
             with _loader_lock:
@@ -298,6 +284,41 @@ class Module:
                 self.ready = not self.failed
                 self._cond.notify_all()
         return self.generation
+
+    def _drain_locked(self, timeout: float) -> None:
+        """With ``_cond`` held: stop new calls, wait until none is in flight."""
+        self._reinitializing = True
+        self.ready = False
+        deadline = time.monotonic() + timeout
+        while self._busy():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._reinitializing = False
+                self.ready = not self.failed
+                self._cond.notify_all()
+                raise HSMUnavailable(
+                    f"PKCS#11 module {self.path} has calls that never returned",
+                    reason="hung_calls",
+                )
+            # Pools lending on the fast path don't notify: poll them.
+            self._cond.wait(min(left, 0.002))
+
+    def finalize_behind_our_back(self, *, drain_timeout: float = 30.0) -> None:
+        """Fault injection: call the module's ``C_Finalize`` as foreign code in the process
+        would (python-pkcs11 and this object are not told), but only once no call of ours
+        is in flight: SoftHSM crashes when it is finalized under a running call, as real
+        modules may. The next calls fail "not initialized" and recovery takes over."""
+        with self._cond:
+            while self._reinitializing:
+                self._cond.wait()
+            self._drain_locked(drain_timeout)
+        try:
+            finalize_module(self.path)
+        finally:
+            with self._cond:
+                self._reinitializing = False
+                self.ready = not self.failed
+                self._cond.notify_all()
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's sessions mean nothing here; initialize afresh."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-__all__ = ["CKF_OS_LOCKING_OK", "OSLockingError", "enable_os_locking"]
+__all__ = ["CKF_OS_LOCKING_OK", "OSLockingError", "enable_os_locking", "finalize_module"]
 
 CKF_OS_LOCKING_OK = 0x2
 _CKR_OK = 0
@@ -72,3 +72,10 @@ def enable_os_locking(path: str) -> None:
     if rv != _CKR_OK:
         plain = int(c_initialize(None))
         raise OSLockingError(rv, initialized=plain == _CKR_OK)
+
+
+def finalize_module(path: str) -> int:
+    """Call the module's own ``C_Finalize(NULL)``; returns its CKR code. For fault injection
+    only (see :meth:`hsm.pkcs11.Module.finalize_behind_our_back`)."""
+    _, c_finalize = _functions(path)
+    return int(c_finalize(None))

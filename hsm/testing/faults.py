@@ -596,9 +596,16 @@ class FaultInjector:
 
 
 def finalize_under(module: Any) -> None:
-    """Finalize a loaded module behind its users' backs (``C_Finalize`` through python-pkcs11).
+    """Finalize a loaded module behind its users' backs.
 
     ``module`` is an :class:`hsm.pkcs11.Module`, e.g. the one a client's member runs on.
     Its next call fails (not initialized) and the one after recovers by re-initializing.
+    Uses the module's own ``finalize_behind_our_back`` when it has one (it waits for calls
+    in flight: SoftHSM crashes when finalized under a running call), else ``C_Finalize``
+    through python-pkcs11 directly.
     """
-    module.lib.finalize()
+    behind = getattr(module, "finalize_behind_our_back", None)
+    if callable(behind):
+        behind()
+    else:
+        module.lib.finalize()

@@ -2,8 +2,8 @@
 
 Fixtures (all function scope, each test gets fresh tokens in its own ``tmp_path``):
 
-- ``hsm_harness_factory``: ``factory(members=1, *, names=None) -> Harness``; every harness
-  it made is torn down after the test.
+- ``hsm_harness_factory``: ``factory(members=1, *, names=None, faults=None) -> Harness``;
+  every harness it made is torn down after the test (``faults``: see ``harness_up``).
 - ``hsm_harness``: a one-member harness.
 - ``hsm_config``: the path of that harness's ``hsm.toml``.
 - ``hsm_client``: ``hsm.open(hsm_config)``, closed after the test.
@@ -35,7 +35,8 @@ __all__ = [
 class HarnessFactory(Protocol):
     """What ``hsm_harness_factory`` gives: build a harness of ``members`` SoftHSM instances."""
 
-    def __call__(self, members: int = 1, *, names: Sequence[str] | None = None) -> Harness: ...
+    def __call__(self, members: int = 1, *, names: Sequence[str] | None = None,
+                 faults: bool | None = None) -> Harness: ...
 
 
 @pytest.fixture
@@ -43,10 +44,11 @@ def hsm_harness_factory(tmp_path: Path) -> Iterator[HarnessFactory]:
     """Build SoftHSM harnesses under ``tmp_path``; all of them are removed after the test."""
     made: list[Path] = []
 
-    def make(members: int = 1, *, names: Sequence[str] | None = None) -> Harness:
+    def make(members: int = 1, *, names: Sequence[str] | None = None,
+             faults: bool | None = None) -> Harness:
         directory = tmp_path / f"hsm-harness-{len(made)}"
         made.append(directory)
-        return harness_up(directory, members, names=names)
+        return harness_up(directory, members, names=names, faults=faults)
 
     yield make
     for directory in reversed(made):

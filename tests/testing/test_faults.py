@@ -55,7 +55,7 @@ def _only(harness: Harness, name: str) -> Config:
 
 @pytest.fixture
 def one(hsm_harness_factory: HarnessFactory) -> Harness:
-    return hsm_harness_factory(1)
+    return hsm_harness_factory(1, faults=True)  # no silent fallback: these need the shim
 
 
 @pytest.fixture
@@ -195,10 +195,10 @@ def test_a_fault_with_a_duration_ends_by_itself(client: hsm.Client,
     """duration_ms: the fault is over after that long, with nobody healing it."""
     key = client.create_key()
     blob = client.wrap(key.key_id, bytes(32))
-    injector.inject("hsm-a", "FUNCTION_FAILED", duration_ms=300)
+    injector.inject("hsm-a", "FUNCTION_FAILED", duration_ms=1000)
     with pytest.raises(hsm.HSMUnavailable):
         client.unwrap(blob)
-    time.sleep(0.4)
+    time.sleep(1.1)
     assert client.unwrap(blob) == bytes(32)
     current = injector.fault("hsm-a")
     assert current is not None
@@ -213,7 +213,7 @@ def test_a_second_member_is_unaffected_and_keeps_serving_during_a_hang(
 ) -> None:
     """Two members in one process, each through its own shim: faulting (even hanging) one
     leaves the other answering."""
-    harness = hsm_harness_factory(2)
+    harness = hsm_harness_factory(2, faults=True)
     injector = FaultInjector(harness)
     with _open(_only(harness, "hsm-a")) as a, _open(_only(harness, "hsm-b")) as b:
         key_a, key_b = a.create_key(), b.create_key()
@@ -607,3 +607,60 @@ def test_cli_errors(one: Harness, tmp_path: Path) -> None:
     assert "--error, --delay-ms" in _one_error_line(
         _run("fault", "inject", "hsm-a", "--config", cfg), 2)
     assert not one.members[0].fault_control.exists()
+
+
+def test_a_fault_set_by_another_process_reaches_this_one(one: Harness,
+                                                         client: hsm.Client) -> None:
+    """`hsm fault` run as its own process affects the client here at its next call."""
+    key = client.create_key()
+    blob = client.wrap(key.key_id, bytes(32))
+
+    def hsm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hsm.cli", "fault", *args, "--config",
+                               str(one.config_path)], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    done = hsm_cli("inject", "hsm-a", "--error", "TOKEN_NOT_PRESENT", "--calls", "C_DecryptInit")
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(hsm.HSMUnavailable) as caught:
+        client.unwrap(blob)
+    assert caught.value.reason == "token_not_present"
+    done = hsm_cli("heal", "hsm-a")
+    assert done.returncode == 0, done.stderr
+    assert client.unwrap(blob) == bytes(32)
+
+
+_LOAD = textwrap.dedent(
+    """\
+    import sys, pkcs11
+    try:
+        pkcs11.lib(sys.argv[1])
+    except pkcs11.PKCS11Error:
+        sys.exit(3)
+    """
+)
+
+
+def test_a_misconfigured_shim_refuses_to_load_and_says_why(one: Harness,
+                                                           tmp_path: Path) -> None:
+    """No sidecar, a sidecar naming the shim itself or a missing module: loading fails with
+    a PKCS#11 error and one 'hsm p11shim:' line on stderr, never a hang or a crash."""
+    shim = tmp_path / "libp11shim-x.so"
+    shim.write_bytes(one.members[0].module.read_bytes())
+    cases = [
+        (None, "can't read its configuration"),
+        (f"module={shim}\n", "other than the shim itself"),
+        (f"module={tmp_path / 'none.so'}\ncontrol={tmp_path / 'fault'}\n",
+         "can't load the real module"),
+        ("control=/x\n", "no module= line"),
+    ]
+    for sidecar, message in cases:
+        conf = faults_impl.sidecar(shim)
+        conf.unlink(missing_ok=True)
+        if sidecar is not None:
+            conf.write_text(sidecar)
+        run = subprocess.run([sys.executable, "-c", _LOAD, str(shim)], capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert run.returncode == 3, (sidecar, run.returncode, run.stderr)
+        assert run.stderr.startswith("hsm p11shim: ")
+        assert message in run.stderr

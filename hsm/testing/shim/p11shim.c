@@ -60,7 +60,7 @@
 /* -- state written once, by load_real() under pthread_once ---------------------------- */
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
-static void *real_handle;
+static void *real_handle; /* never closed: unloading at exit is SoftHSM's own business */
 static CK_FUNCTION_LIST_PTR real;
 static char control_path[PATH_MAX];
 static CK_FUNCTION_LIST shim_list; /* filled in by load_real() */
@@ -478,6 +478,10 @@ static void load_real(void)
     }
 
     shim_list.version = list->version;
+    if (shim_list.version.major != 2) { /* the layout below is 2.40's, whatever is behind */
+        shim_list.version.major = 2;
+        shim_list.version.minor = 40;
+    }
 #define SET(name) shim_list.name = shim_##name
     SET(C_Initialize); SET(C_Finalize); SET(C_GetInfo);
     shim_list.C_GetFunctionList = shim_C_GetFunctionList;
@@ -519,10 +523,4 @@ static CK_RV shim_C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
 SHIM_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
 {
     return shim_C_GetFunctionList(list);
-}
-
-__attribute__((destructor)) static void unload_real(void)
-{
-    if (real_handle != NULL)
-        dlclose(real_handle);
 }
