@@ -21,6 +21,7 @@ from hsm.keys import DataKey, KeyInfo, Keyring
 __all__ = ["Client", "MemberStatus", "member_status", "open"]
 
 _NOT_OPEN = "client is not open; use 'with hsm.open(...) as client'"
+_HOT = ("generate_data_key", "wrap", "unwrap")
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,17 @@ class Client:
         if not self._open:
             self.cluster.open()
             self._open = True
+            # While open, the data-key calls are the cluster's own (one frame less on every
+            # call); closed, the methods below say so.
+            for name in _HOT:
+                setattr(self, name, getattr(self.cluster, name))
         return self
 
     def close(self) -> None:
         if self._open:
             self._open = False
+            for name in _HOT:
+                self.__dict__.pop(name, None)
             self.cluster.close()
 
     def __enter__(self) -> Client:

@@ -18,13 +18,21 @@ from collections.abc import Mapping
 
 from hsm.errors import InvalidContext
 
-__all__ = ["MAX_ENCODED", "MAX_PAIRS", "decode_context", "encode_context", "validate_context"]
+__all__ = [
+    "EMPTY",
+    "MAX_ENCODED",
+    "MAX_PAIRS",
+    "decode_context",
+    "encode_context",
+    "validate_context",
+]
 
 MAX_PAIRS = 64
 MAX_ENCODED = 8192
 
 _U16 = struct.Struct(">H")
 _EMPTY = b"\x00\x00"
+EMPTY = _EMPTY  # the encoding of no context
 _CACHE_SIZE = 512
 _cache: dict[tuple[tuple[str, str], ...], bytes] = {}
 

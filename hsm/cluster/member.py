@@ -16,6 +16,8 @@ from hsm.pkcs11 import Module, SessionPool
 
 __all__ = ["HSMMember", "MemberBackend"]
 
+_DIRECT = ("generate_data_key", "wrap", "unwrap")
+
 
 class MemberBackend(Protocol):
     """One HSM as the cluster sees it. Every method may raise :class:`hsm.HSMError`."""
@@ -69,10 +71,16 @@ class HSMMember:
             module.release()
             raise
         self.module, self.keyring = module, keyring
+        # The data-key calls go straight to the keyring while it is open: two Python
+        # frames less on every call (the methods below answer "not connected" otherwise).
+        for name in _DIRECT:
+            setattr(self, name, getattr(keyring, name))
 
     def close(self) -> None:
         keyring, module = self.keyring, self.module
         self.keyring = self.module = None
+        for name in _DIRECT:
+            self.__dict__.pop(name, None)
         try:
             if keyring is not None:
                 keyring.pool.release()

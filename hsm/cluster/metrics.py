@@ -4,23 +4,60 @@ registry=client.metrics.registry)`` or ``generate_latest(registry)``."""
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from hsm.cluster.health import State
 
-__all__ = ["STATE_VALUES", "ClusterMetrics"]
+__all__ = ["STATE_VALUES", "CallCounter", "ClusterMetrics"]
 
 STATE_VALUES = {State.HEALTHY: 0, State.SUSPECT: 1, State.DOWN: 2}
+
+
+class CallCounter:
+    """A counter for every call's hot path: ``inc()`` is one C call (``next`` on an
+    ``itertools.count`` is atomic under the GIL), no lock. Reading costs one increment,
+    which is subtracted: ``value()`` is exact."""
+
+    __slots__ = ("_count", "_lock", "_reads", "inc")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self._reads = 0
+        self._lock = threading.Lock()
+        self.inc = self._count.__next__
+
+    def value(self) -> int:
+        with self._lock:
+            self._reads += 1
+            return next(self._count) - self._reads
+
+
+class _CallCollector(Collector):
+    def __init__(self, counters: dict[tuple[str, str], CallCounter]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("hsm_member_calls", "Calls sent to a member",
+                                     labels=["member", "operation"])
+        for (member, operation), counter in sorted(self._counters.items()):
+            family.add_metric([member, operation], counter.value())
+        yield family
 
 
 class ClusterMetrics:
     """Per member: calls, errors by kind, latency, state, failovers, re-admissions."""
 
-    def __init__(self, members: list[str]) -> None:
+    def __init__(self, members: list[str], operations: Iterable[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.calls = Counter("hsm_member_calls", "Calls sent to a member",
-                             ["member", "operation"], registry=r)
+        self.calls = {(m, op): CallCounter() for m in members for op in operations}
+        r.register(_CallCollector(self.calls))
         self.errors = Counter("hsm_member_errors", "Calls that failed on a member, by kind",
                               ["member", "kind"], registry=r)
         self.latency = Histogram("hsm_member_latency_seconds", "Latency of calls to a member",

@@ -28,7 +28,15 @@ from typing import NamedTuple
 
 from hsm.errors import InvalidCiphertext
 
-__all__ = ["HEADER_SIZE", "MAGIC", "MAX_PLAINTEXT", "SealedBlob", "pack_header", "parse_blob"]
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_PLAINTEXT",
+    "SealedBlob",
+    "pack_header",
+    "parse_blob",
+    "parse_fields",
+]
 
 MAGIC = b"HSMK"
 FORMAT_VERSION = 1
@@ -68,6 +76,12 @@ class SealedBlob(NamedTuple):
 
 def parse_blob(data: bytes) -> SealedBlob:
     """Parse and bound-check a sealed blob (any bytes in, a blob or InvalidCiphertext out)."""
+    return SealedBlob(*parse_fields(data))
+
+
+def parse_fields(data: bytes) -> tuple[bytes, int, bytes, bytes, bytes]:
+    """:func:`parse_blob` as a plain tuple ``(key uuid, version, iv, ciphertext, header)``:
+    what every unwrap calls, without building a named tuple."""
     if type(data) is not bytes:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidCiphertext("sealed blob must be bytes", reason="malformed")
@@ -81,4 +95,4 @@ def parse_blob(data: bytes) -> SealedBlob:
         raise InvalidCiphertext(f"unknown sealed blob format {fmt}", reason="malformed")
     if alg != ALG_AES256_GCM or version < 1:
         raise InvalidCiphertext("sealed blob header is invalid", reason="malformed")
-    return SealedBlob(key_uuid, version, iv, data[HEADER_SIZE:], data[:HEADER_SIZE])
+    return key_uuid, version, iv, data[HEADER_SIZE:], data[:HEADER_SIZE]

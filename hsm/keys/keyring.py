@@ -24,6 +24,7 @@ import pkcs11
 import pkcs11.exceptions as p11e
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
+from hsm.context import EMPTY as _EMPTY_CONTEXT
 from hsm.context import encode_context
 from hsm.errors import (
     HSMError,
@@ -37,7 +38,7 @@ from hsm.errors import (
 from hsm.keys.blob import ALG_AES256_GCM as _ALG
 from hsm.keys.blob import FORMAT_VERSION as _FORMAT
 from hsm.keys.blob import MAGIC as _MAGIC
-from hsm.keys.blob import MAX_PLAINTEXT, parse_blob
+from hsm.keys.blob import MAX_PLAINTEXT, parse_fields
 from hsm.keys.blob import pack_header as _header
 from hsm.keys.master import (
     CAPABILITIES,
@@ -326,10 +327,15 @@ class Keyring:
         """``size`` random bytes from the HSM's RNG, returned in plaintext and sealed."""
         if size not in (16, 24, 32, 64):
             raise InvalidInput("data key size must be 16, 24, 32 or 64 bytes")
-        kid = self._kid(key_id)
-        ctx = encode_context(context)
-        self._need_caller_iv()
-        with self.pool.session() as lease:
+        kid = self._kids.get(key_id) if type(key_id) is str else None
+        if kid is None:
+            kid = self._kid(key_id)
+        ctx = _EMPTY_CONTEXT if context is None else encode_context(context)
+        if not self._caller_iv:
+            self._need_caller_iv()
+        pool = self.pool
+        lease, entered = pool.lend()  # this hot path lends and gives back without a `with`
+        try:
             version = self._latest.get(kid) or self._latest_version(lease, kid)
             key = lease.keys.get((kid, version))
             if key is None:
@@ -342,6 +348,10 @@ class Keyring:
                                      mechanism_param=_GCMParams(iv, header + ctx, 128))
             except p11e.PKCS11Error as exc:
                 raise translate_error(exc, "generate data key") from exc
+        except BaseException as exc:
+            pool.give_back(lease, exc, entered)
+            raise
+        pool.give_back(lease, None, entered)
         return DataKey(key_id, version, plaintext, header + sealed)
 
     def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any = None) -> bytes:
@@ -365,17 +375,25 @@ class Keyring:
     def unwrap(self, blob: bytes, context: Any = None) -> bytearray:
         """Open a sealed blob; the blob names its key and version. ``InvalidCiphertext``
         if it was tampered with, sealed under another key, or bound to another context."""
-        kid, version, iv, ciphertext, header = parse_blob(blob)
-        ctx = encode_context(context)
-        with self.pool.session() as lease:
+        kid, version, iv, ciphertext, header = parse_fields(blob)
+        ctx = _EMPTY_CONTEXT if context is None else encode_context(context)
+        pool = self.pool
+        lease, entered = pool.lend()
+        try:
             key = lease.keys.get((kid, version))
             if key is None:
                 key = self._key(lease, kid, version)
             try:
-                return bytearray(key.decrypt(ciphertext, mechanism=_GCM,
-                                             mechanism_param=_GCMParams(iv, header + ctx, 128)))
+                plaintext = bytearray(key.decrypt(
+                    ciphertext, mechanism=_GCM,
+                    mechanism_param=_GCMParams(iv, header + ctx, 128)))
             except p11e.PKCS11Error as exc:
                 raise translate_error(exc, "unwrap", integrity=True) from exc
+        except BaseException as exc:
+            pool.give_back(lease, exc, entered)
+            raise
+        pool.give_back(lease, None, entered)
+        return plaintext
 
     def generate_random(self, size: int) -> bytes:
         if not 1 <= size <= 1024:

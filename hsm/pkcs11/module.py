@@ -28,7 +28,7 @@ import pkcs11.exceptions as p11e
 
 from hsm.errors import HSMUnavailable, ModuleLoadError, TokenNotFound
 from hsm.pkcs11.oslocking import OSLockingError, enable_os_locking, finalize_module
-from hsm.pkcs11.translate import translated
+from hsm.pkcs11.translate import translate_error, translated
 
 __all__ = ["Module", "TokenSelector"]
 
@@ -179,8 +179,16 @@ class Module:
         with self._environment():
             with suppress(p11e.PKCS11Error):
                 self.lib.finalize()
-            with translated("initialize"):
+            try:
                 self.lib.initialize()
+            except p11e.PKCS11Error as exc:
+                if "already initialized" not in str(exc):
+                    raise translate_error(exc, "initialize") from exc
+                # A C_Finalize that failed left python-pkcs11 believing the module is down
+                # while it is still up: finalize it through its own function list, retry.
+                finalize_module(self.path)
+                with translated("initialize"):
+                    self.lib.initialize()
             self._enable_os_locking()
 
     def _enable_os_locking(self) -> None:

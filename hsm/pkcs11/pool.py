@@ -65,12 +65,12 @@ class _Lending:
         self._pool = pool
 
     def __enter__(self) -> Lease:
-        self._lease, self._entered = self._pool._lend()
+        self._lease, self._entered = self._pool.lend()
         return self._lease
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._pool._return(self._lease, exc, self._entered)
+        self._pool.give_back(self._lease, exc, self._entered)
 
 
 class SessionPool:
@@ -272,8 +272,10 @@ class SessionPool:
         """Sessions lent right now (the module's re-initialize waits for 0)."""
         return self.size - self._slots.qsize()
 
-    def _lend(self) -> tuple[Lease, bool]:
-        """Lend a session; the flag says whether the module was entered (slow path).
+    def lend(self) -> tuple[Lease, bool]:
+        """Lend a session; the flag says whether the module was entered (slow path). Pair
+        with :meth:`give_back` in a ``try`` (``session()`` does it for you; the hot paths of
+        the keyring call these two directly, one context-manager object less per call).
 
         Fast path: take a slot, then check -- without a lock, in this order -- that the
         module is ready and our login belongs to its generation. A re-initialize first
@@ -284,7 +286,10 @@ class SessionPool:
         """
         if self._closed:
             raise OperationFailed("session pool is closed", reason="closed")
-        self._take_slot()
+        try:
+            self._slots.get(timeout=self.acquire_timeout)
+        except queue.Empty:
+            raise self._exhausted() from None
         module = self.module
         if module.ready and self._fast_generation == module.generation:
             generation, entered = self._fast_generation, False
@@ -317,12 +322,20 @@ class SessionPool:
         try:
             self._slots.get(timeout=self.acquire_timeout)
         except queue.Empty:
-            raise HSMUnavailable(
-                f"no session free on token {self.selector} after {self.acquire_timeout}s",
-                reason="pool_exhausted",
-            ) from None
+            raise self._exhausted() from None
 
-    def _return(self, lease: Lease, exc: BaseException | None, entered: bool) -> None:
+    def _exhausted(self) -> HSMUnavailable:
+        return HSMUnavailable(
+            f"no session free on token {self.selector} after {self.acquire_timeout}s",
+            reason="pool_exhausted",
+        )
+
+    def give_back(self, lease: Lease, exc: BaseException | None, entered: bool) -> None:
+        """Return what :meth:`lend` lent; ``exc`` is what the caller raised, if anything."""
+        if exc is None and not entered and not self._closed:
+            self._idle.append(lease)  # the common case, in three C calls
+            self._slots.put(None)
+            return
         keep: Lease | None = lease
         try:
             if exc is not None:
