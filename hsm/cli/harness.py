@@ -30,20 +30,27 @@ def harness() -> None:
               help="Directory for the harness (created; re-used if it already holds one).")
 @click.option("--members", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N", help="Number of SoftHSM instances.")
+@click.option("--cluster-init/--no-cluster-init", default=True, show_default=True,
+              help="With several members, run the cluster ceremony (hsm cluster init) so "
+                   "that keys can be replicated at once.")
 @common_options
-def up(directory: Path, members: int) -> None:
+def up(directory: Path, members: int, cluster_init: bool) -> None:
     """Stand up a harness in DIR and print the path of its hsm.toml.
 
-    For example: export HSM_CONFIG="$(hsm harness up --dir /tmp/h)"
+    For example: export HSM_CONFIG="$(hsm harness up --dir /tmp/h --members 3)"
     """
     from hsm.testing import harness_up
 
     built = harness_up(directory, members=members)
-    emit(
-        {"config": str(built.config_path), "directory": str(built.directory),
-         "members": [m.name for m in built.members]},
-        str(built.config_path),
-    )
+    data: dict[str, object] = {"config": str(built.config_path),
+                               "directory": str(built.directory),
+                               "members": [m.name for m in built.members]}
+    if cluster_init and members > 1:
+        from hsm.cluster.ceremony import init_cluster
+        from hsm.config import load_config
+
+        data["cluster_wrapping_kcv"] = init_cluster(load_config(built.config_path)).kcv
+    emit(data, str(built.config_path))
 
 
 @harness.command("down")

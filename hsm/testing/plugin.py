@@ -2,8 +2,9 @@
 
 Fixtures (all function scope, each test gets fresh tokens in its own ``tmp_path``):
 
-- ``hsm_harness_factory``: ``factory(members=1, *, names=None, faults=None) -> Harness``;
-  every harness it made is torn down after the test (``faults``: see ``harness_up``).
+- ``hsm_harness_factory``: ``factory(members=1, *, names=None, faults=None,
+  cluster_init=True) -> Harness``; every harness it made is torn down after the test
+  (``faults``: see ``harness_up``; with several members the cluster ceremony has run).
 - ``hsm_harness``: a one-member harness.
 - ``hsm_config``: the path of that harness's ``hsm.toml``.
 - ``hsm_client``: ``hsm.open(hsm_config)``, closed after the test.
@@ -36,7 +37,7 @@ class HarnessFactory(Protocol):
     """What ``hsm_harness_factory`` gives: build a harness of ``members`` SoftHSM instances."""
 
     def __call__(self, members: int = 1, *, names: Sequence[str] | None = None,
-                 faults: bool | None = None) -> Harness: ...
+                 faults: bool | None = None, cluster_init: bool = True) -> Harness: ...
 
 
 @pytest.fixture
@@ -45,10 +46,17 @@ def hsm_harness_factory(tmp_path: Path) -> Iterator[HarnessFactory]:
     made: list[Path] = []
 
     def make(members: int = 1, *, names: Sequence[str] | None = None,
-             faults: bool | None = None) -> Harness:
+             faults: bool | None = None, cluster_init: bool = True) -> Harness:
         directory = tmp_path / f"hsm-harness-{len(made)}"
         made.append(directory)
-        return harness_up(directory, members, names=names, faults=faults)
+        harness = harness_up(directory, members, names=names, faults=faults)
+        if cluster_init and members > 1:
+            # Several members: the ceremony, so that keys replicate at once.
+            from hsm.cluster.ceremony import init_cluster
+            from hsm.config import load_config
+
+            init_cluster(load_config(harness.config_path))
+        return harness
 
     yield make
     for directory in reversed(made):
