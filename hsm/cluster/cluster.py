@@ -358,7 +358,10 @@ class Cluster:
         self.transitions.append(change)
         self.metrics.state.labels(change.member).set(STATE_VALUES[change.new])
         log.info("member %s: %s -> %s (%s)", change.member, change.old.value,
-                 change.new.value, change.reason)
+                 change.new.value, change.reason,
+                 extra={"hsm_event": "member_state", "member": change.member,
+                        "old": change.old.value, "new": change.new.value,
+                        "reason": change.reason})
 
     # -- keys across members ---------------------------------------------------------------
 

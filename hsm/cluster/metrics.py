@@ -34,8 +34,9 @@ class CallCounter:
 
     def value(self) -> int:
         with self._lock:
+            value = next(self._count) - self._reads
             self._reads += 1
-            return next(self._count) - self._reads
+            return value
 
 
 class _CallCollector(Collector):

@@ -297,3 +297,29 @@ def test_wrong_configuration_fails_at_open(clock: Clock) -> None:
     with pytest.raises(hsm.PinIncorrect):
         Cluster([a, b], monitor=False, clock=clock).open()
     assert not a.opened
+
+
+def test_metrics_and_state_logs(three: tuple[Cluster, list[FakeMember]], clock: Clock,
+                                caplog: pytest.LogCaptureFixture) -> None:
+    """Calls, errors, failovers, state and re-admissions show in the Prometheus registry;
+    each state change is logged with structured fields."""
+    from prometheus_client import generate_latest
+
+    cluster, (a, _, _) = three
+    caplog.set_level("INFO", logger="hsm.cluster.cluster")
+    key = cluster.create_key()
+    a.fail()
+    cluster.generate_data_key(key.key_id, CTX)
+    a.heal()
+    clock.now += 10
+    cluster.check_members()
+    text = generate_latest(cluster.metrics.registry).decode()
+    assert 'hsm_member_calls_total{member="m0",operation="generate_data_key"} 1.0' in text
+    assert 'hsm_member_calls_total{member="m1",operation="generate_data_key"} 1.0' in text
+    assert 'hsm_member_errors_total{kind="transient",member="m0"} 1.0' in text
+    assert 'hsm_member_failovers_total{member="m0"} 1.0' in text
+    assert 'hsm_member_readmissions_total{member="m0"} 1.0' in text
+    assert 'hsm_member_state{member="m0"} 0.0' in text
+    events = [r for r in caplog.records if getattr(r, "hsm_event", "") == "member_state"]
+    assert [(r.old, r.new) for r in events] == [("healthy", "down"), ("down", "healthy")]
+    assert cluster.counters("m0")["calls"] >= 2
