@@ -167,3 +167,42 @@ def test_threads_keep_working_through_a_fault(cluster3: tuple[Harness, FaultInje
         for t in threads:
             t.join()
         assert failures == []
+
+
+def test_two_tokens_of_one_module_form_a_cluster(tmp_path: Path) -> None:
+    """Members may be several tokens of one module: one loaded module, two logins, keys
+    replicated between the tokens under the trusted wrapping key."""
+    import shutil
+    import subprocess
+
+    from hsm.testing import find_softhsm_module
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
+                    "log.level = ERROR\nslots.removable = false\n")
+    module = tmp_path / "libsofthsm2-two-tokens.so"
+    shutil.copy(find_softhsm_module(), module)
+    (tmp_path / "pin").write_text("1234")
+    (tmp_path / "so-pin").write_text("5678")
+    for label in ("t-one", "t-two"):
+        subprocess.run(["softhsm2-util", "--module", str(module), "--init-token", "--free",
+                        "--label", label, "--pin", "1234", "--so-pin", "5678"],
+                       env={"SOFTHSM2_CONF": str(conf), "PATH": "/usr/bin:/bin"},
+                       check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    members = "".join(
+        f'[[member]]\nname = "{label}"\nmodule = "{module}"\ntoken = "{label}"\n'
+        f'pin = "file:pin"\nso_pin = "file:so-pin"\n'
+        f'env = {{ SOFTHSM2_CONF = "{conf}" }}\n\n' for label in ("t-one", "t-two"))
+    config = tmp_path / "hsm.toml"
+    config.write_text(members)
+    (tmp_path / "pin").chmod(0o600)
+    (tmp_path / "so-pin").chmod(0o600)
+    init_cluster(hsm.load_config(config))
+    with hsm.open(config) as client:
+        assert client.members[0].module is client.members[1].module
+        key = client.create_key()
+        dk = client.generate_data_key(key.key_id, CTX)
+        assert client.members[1].unwrap(dk.wrapped, CTX) == dk.plaintext
+        assert client.verify().ok
