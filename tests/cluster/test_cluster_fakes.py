@@ -321,5 +321,6 @@ def test_metrics_and_state_logs(three: tuple[Cluster, list[FakeMember]], clock: 
     assert 'hsm_member_readmissions_total{member="m0"} 1.0' in text
     assert 'hsm_member_state{member="m0"} 0.0' in text
     events = [r for r in caplog.records if getattr(r, "hsm_event", "") == "member_state"]
-    assert [(r.old, r.new) for r in events] == [("healthy", "down"), ("down", "healthy")]
+    assert [(r.__dict__["old"], r.__dict__["new"]) for r in events] == [
+        ("healthy", "down"), ("down", "healthy")]
     assert cluster.counters("m0")["calls"] >= 2
