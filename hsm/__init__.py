@@ -17,6 +17,7 @@ from hsm.config import Config, load_config
 from hsm.errors import (
     ClusterUnavailable,
     ConfigError,
+    ContextMismatch,
     HSMError,
     HSMUnavailable,
     InvalidCiphertext,
@@ -44,6 +45,7 @@ __all__ = [
     "ClusterUnavailable",
     "Config",
     "ConfigError",
+    "ContextMismatch",
     "DataKey",
     "HSMError",
     "HSMUnavailable",

@@ -8,10 +8,11 @@ keys placed on a quorum of members; a one-member config is a cluster of one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
+from hsm import envelope
 from hsm.cluster import Cluster, HSMMember, VerifyReport
 from hsm.cluster.metrics import ClusterMetrics
 from hsm.config import Config, MemberConfig, load_config
@@ -165,6 +166,58 @@ class Client:
 
     def generate_random(self, size: int) -> bytes:
         return self._cluster().generate_random(size)
+
+    # -- envelope encryption ---------------------------------------------------------------
+
+    def encrypt(self, key_id: str, plaintext: bytes | bytearray,
+                context: Mapping[str, str] | None = None, *,
+                frame_size: int = envelope.DEFAULT_FRAME) -> bytes:
+        """Envelope-encrypt ``plaintext``: a data key from the HSM (or the cache) encrypts
+        it here; the message carries the data key sealed under ``key_id``."""
+        data_key, owned = self._data_key(key_id, context, len(plaintext))
+        try:
+            return envelope.encrypt(plaintext, data_key, context, frame_size=frame_size)
+        finally:
+            if owned:
+                data_key.wipe()
+
+    def decrypt(self, message: bytes, context: Mapping[str, str] | None = None) -> bytes:
+        """Decrypt a message from :meth:`encrypt`. With ``context`` given, a message made
+        under another context raises :class:`hsm.ContextMismatch` saying so."""
+        return envelope.decrypt(message, self._unwrapper(), context)
+
+    def encrypt_stream(self, key_id: str, src: BinaryIO, dst: BinaryIO,
+                       context: Mapping[str, str] | None = None, *,
+                       frame_size: int = envelope.DEFAULT_FRAME,
+                       progress: Callable[[int], None] | None = None,
+                       ) -> envelope.StreamSummary:
+        """Envelope-encrypt a binary stream of any size in constant memory."""
+        data_key, owned = self._data_key(key_id, context, None)
+        try:
+            return envelope.encrypt_stream(src, dst, data_key, context,
+                                           frame_size=frame_size, progress=progress)
+        finally:
+            if owned:
+                data_key.wipe()
+
+    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO,
+                       context: Mapping[str, str] | None = None, *,
+                       progress: Callable[[int], None] | None = None,
+                       ) -> envelope.StreamSummary:
+        """Decrypt a stream; each frame is verified before it is written to ``dst``."""
+        return envelope.decrypt_stream(src, dst, self._unwrapper(), context,
+                                       progress=progress)
+
+    def _data_key(self, key_id: str, context: Mapping[str, str] | None,
+                  size: int | None) -> tuple[DataKey, bool]:
+        """A data key for one message of ``size`` bytes (None: unknown, a stream) and
+        whether the caller owns it (and wipes it after use)."""
+        return self.generate_data_key(key_id, context), True
+
+    def _unwrapper(self) -> envelope.Unwrapper:
+        """What opens a message's sealed data key (the plaintext it returns is wiped by
+        the caller after use)."""
+        return self.unwrap
 
     # -- cluster ---------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ The tree::
     │   └── QuorumNotReached                  transient  a new key reached too few members
     ├── ReplicationError                      permanent  copies of a key disagree (KCV)
     └── InvalidCiphertext      ValueError     integrity  tampered, wrong key, wrong context
+        └── ContextMismatch    ValueError     integrity  the caller's context is not the
+                                                         message's (says which keys differ)
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any
 __all__ = [
     "ClusterUnavailable",
     "ConfigError",
+    "ContextMismatch",
     "HSMError",
     "HSMUnavailable",
     "InvalidCiphertext",
@@ -202,3 +205,12 @@ class InvalidCiphertext(HSMError, ValueError):
 
     kind = Kind.INTEGRITY
     default_reason = "invalid_ciphertext"
+
+
+class ContextMismatch(InvalidCiphertext):
+    """The context the caller expects is not the one the message was encrypted with.
+
+    Unlike a bare "does not verify", this says so, and which context keys differ (the
+    context is not secret: it travels in the clear in the message header)."""
+
+    default_reason = "context_mismatch"
