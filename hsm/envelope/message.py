@@ -147,8 +147,8 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, unwrap: Unwrapper,
                          header.frame_size)
 
 
-def encrypt(plaintext: bytes | bytearray | memoryview, data_key: DataKey, context: Mapping[str, str] | None, *,
-            frame_size: int = DEFAULT_FRAME) -> bytes:
+def encrypt(plaintext: bytes | bytearray | memoryview, data_key: DataKey,
+            context: Mapping[str, str] | None, *, frame_size: int = DEFAULT_FRAME) -> bytes:
     """One message in memory."""
     if not isinstance(plaintext, bytes | bytearray | memoryview):
         raise InvalidInput(f"plaintext must be bytes, not {type(plaintext).__name__}")
