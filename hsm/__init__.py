@@ -14,6 +14,7 @@ Everything users need is importable from here; the subpackages are building bloc
 
 from hsm.client import Client, MemberStatus, open
 from hsm.config import Config, load_config
+from hsm.envelope.cache import CacheConfig
 from hsm.errors import (
     ClusterUnavailable,
     ConfigError,
@@ -41,6 +42,7 @@ from hsm.keys import DataKey, KeyInfo
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheConfig",
     "Client",
     "ClusterUnavailable",
     "Config",

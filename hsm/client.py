@@ -16,6 +16,8 @@ from hsm import envelope
 from hsm.cluster import Cluster, HSMMember, VerifyReport
 from hsm.cluster.metrics import ClusterMetrics
 from hsm.config import Config, MemberConfig, load_config
+from hsm.context import encode_context
+from hsm.envelope.cache import CacheConfig, DataKeyCache
 from hsm.errors import OperationFailed
 from hsm.keys import DataKey, KeyInfo, Keyring
 
@@ -79,7 +81,7 @@ class Client:
     per process (create it after ``fork``)."""
 
     def __init__(self, config: Config, *, allow_unsafe_keys: bool = False,
-                 monitor: bool = True) -> None:
+                 monitor: bool = True, cache: CacheConfig | None = None) -> None:
         self.config = config
         self.allow_unsafe_keys = allow_unsafe_keys
         alone = len(config.members) == 1  # nowhere to fail over to: recover inside calls
@@ -89,6 +91,9 @@ class Client:
                                quorum=config.cluster.quorum,
                                deadline_ms=config.cluster.deadline_ms, monitor=monitor)
         self._open = False
+        # The data-key cache (docs/CACHE.md): off unless asked for.
+        self._cache = (None if cache is None
+                       else DataKeyCache(cache, self.cluster.metrics.registry))
 
     def open(self) -> Client:
         if not self._open:
@@ -101,6 +106,8 @@ class Client:
         return self
 
     def close(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()  # every cached plaintext key zeroed
         if self._open:
             self._open = False
             for name in _HOT:
@@ -117,6 +124,11 @@ class Client:
     def metrics(self) -> ClusterMetrics:
         """Prometheus metrics; serve ``client.metrics.registry``."""
         return self.cluster.metrics
+
+    @property
+    def cache(self) -> DataKeyCache | None:
+        """The data-key cache (``None`` unless the client was made with ``cache=``)."""
+        return self._cache
 
     @property
     def _primary(self) -> HSMMember:
@@ -167,6 +179,18 @@ class Client:
     def generate_random(self, size: int) -> bytes:
         return self._cluster().generate_random(size)
 
+    # -- direct encryption (AWS KMS Encrypt / Decrypt) --------------------------------------
+
+    def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
+                       context: Mapping[str, str] | None = None) -> bytes:
+        """Encrypt 1 to 4096 bytes inside the HSM under ``key_id``, bound to ``context``: no
+        data key. More raises :class:`hsm.InvalidInput`; use :meth:`encrypt` for that."""
+        return self._cluster().encrypt_direct(key_id, plaintext, context)
+
+    def decrypt_direct(self, blob: bytes, context: Mapping[str, str] | None = None) -> bytes:
+        """Open a blob from :meth:`encrypt_direct` with the same context."""
+        return self._cluster().decrypt_direct(blob, context)
+
     # -- envelope encryption ---------------------------------------------------------------
 
     def encrypt(self, key_id: str, plaintext: bytes | bytearray,
@@ -211,13 +235,27 @@ class Client:
     def _data_key(self, key_id: str, context: Mapping[str, str] | None,
                   size: int | None) -> tuple[DataKey, bool]:
         """A data key for one message of ``size`` bytes (None: unknown, a stream) and
-        whether the caller owns it (and wipes it after use)."""
-        return self.generate_data_key(key_id, context), True
+        whether the caller owns it (and wipes it after use). With the cache, a copy of a
+        cached key, which the caller owns too."""
+        cache = self._cache
+        if cache is None:
+            return self.generate_data_key(key_id, context), True
+        return cache.for_encrypt(key_id, encode_context(context), size,
+                                 lambda: self.generate_data_key(key_id, context)), True
 
     def _unwrapper(self) -> envelope.Unwrapper:
         """What opens a message's sealed data key (the plaintext it returns is wiped by
         the caller after use)."""
-        return self.unwrap
+        cache = self._cache
+        if cache is None:
+            return self.unwrap
+        unwrap = self.unwrap
+
+        def cached(blob: bytes, context: dict[str, str]) -> bytearray:
+            return cache.for_decrypt(blob, encode_context(context),
+                                     lambda: unwrap(blob, context))
+
+        return cached
 
     # -- cluster ---------------------------------------------------------------------------
 
@@ -252,8 +290,10 @@ def member_status(member: MemberConfig, *, allow_unsafe_keys: bool = False) -> M
 
 def open(
     config: Config | str | os.PathLike[str] | None = None, *, allow_unsafe_keys: bool = False,
+    cache: CacheConfig | None = None,
 ) -> Client:
-    """Open a client on the config at ``config`` (or ``$HSM_CONFIG``, or ``./hsm.toml``)."""
+    """Open a client on the config at ``config`` (or ``$HSM_CONFIG``, or ``./hsm.toml``).
+    ``cache``: reuse data keys within these limits (off by default; ``docs/CACHE.md``)."""
     if not isinstance(config, Config):
         config = load_config(config)
-    return Client(config, allow_unsafe_keys=allow_unsafe_keys).open()
+    return Client(config, allow_unsafe_keys=allow_unsafe_keys, cache=cache).open()

@@ -102,6 +102,8 @@ def decode_context(data: bytes) -> dict[str, str]:
         raise InvalidContext("encoded encryption context is too large")
     try:
         (count,) = _U16.unpack_from(data, 0)
+        if count > MAX_PAIRS:
+            raise InvalidContext(f"encoded encryption context has more than {MAX_PAIRS} pairs")
         pos = 2
         out: dict[str, str] = {}
         previous: bytes | None = None

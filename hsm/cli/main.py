@@ -17,6 +17,7 @@ from hsm.cli._common import CLIError, common_options, describe
 from hsm.cli.cluster import cluster
 from hsm.cli.datakeys import data_key, unwrap, wrap
 from hsm.cli.drill import drill
+from hsm.cli.envelope import decrypt, encrypt
 from hsm.cli.fault import fault
 from hsm.cli.harness import harness
 from hsm.cli.keys import key
@@ -53,6 +54,8 @@ cli.add_command(key)
 cli.add_command(data_key)
 cli.add_command(wrap)
 cli.add_command(unwrap)
+cli.add_command(encrypt)
+cli.add_command(decrypt)
 cli.add_command(harness)
 cli.add_command(cluster)
 cli.add_command(fault)

@@ -51,6 +51,7 @@ from hsm.errors import (
     ReplicationError,
 )
 from hsm.keys import DataKey, KeyInfo
+from hsm.keys.blob import DIRECT, parse_fields
 
 __all__ = ["CallRecord", "Cluster", "MemberReport", "VerifyReport"]
 
@@ -250,6 +251,19 @@ class Cluster:
                 self._single_failed(err)
                 raise
         return self._run(Operation.UNWRAP, lambda m: m.unwrap(blob, context))
+
+    def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
+                       context: Any = None) -> bytes:
+        """1 to 4096 bytes encrypted under ``key_id`` inside an HSM (KMS Encrypt)."""
+        return self._run(Operation.ENCRYPT_DIRECT,
+                         lambda m: m.encrypt_direct(key_id, plaintext, context))
+
+    def decrypt_direct(self, blob: bytes, context: Any = None) -> bytes:
+        """Open a blob from :meth:`encrypt_direct`; like :meth:`unwrap`, a member's "does not
+        verify" is checked on the others before it stands."""
+        if len(self.members) > 1:
+            parse_fields(blob, DIRECT)  # malformed: refused here, not "verified" on every member
+        return self._run(Operation.DECRYPT_DIRECT, lambda m: m.decrypt_direct(blob, context))
 
     def generate_random(self, size: int) -> bytes:
         return self._run(Operation.RANDOM, lambda m: m.generate_random(size))

@@ -41,6 +41,8 @@ class Operation(enum.Enum):
     GENERATE_DATA_KEY = "generate_data_key"
     WRAP = "wrap"
     UNWRAP = "unwrap"
+    ENCRYPT_DIRECT = "encrypt_direct"
+    DECRYPT_DIRECT = "decrypt_direct"  # like UNWRAP: "does not verify" is checked elsewhere
     RANDOM = "generate_random"
     LIST_KEYS = "list_keys"
     KEY_INFO = "key_info"

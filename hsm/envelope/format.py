@@ -46,7 +46,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hsm.context import MAX_ENCODED, decode_context
+from hsm.context import MAX_ENCODED, MAX_PAIRS, decode_context
 from hsm.errors import InvalidCiphertext, InvalidContext, InvalidInput
 from hsm.keys.blob import MAX_SIZE as MAX_BLOB
 from hsm.keys.blob import MIN_SIZE as MIN_BLOB
@@ -152,9 +152,26 @@ def _malformed(what: str) -> InvalidCiphertext:
     return InvalidCiphertext(f"not a valid hsm envelope message: {what}", reason="malformed")
 
 
+def _read_full(src: Readable, size: int) -> bytes:
+    """``size`` bytes, or fewer only at the end of ``src``: a raw stream, a pipe or a socket
+    may return less than asked long before its end."""
+    data = src.read(size) or b""
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = src.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 def _read_exactly(src: Readable, size: int, what: str) -> bytes:
-    data = src.read(size)
-    if data is None or len(data) != size:
+    data = _read_full(src, size)
+    if len(data) != size:
         raise InvalidCiphertext(f"message is truncated (in the {what})", reason="truncated")
     return bytes(data)
 
@@ -183,6 +200,8 @@ def read_header(src: Readable) -> Header:
         context = decode_context(context_bytes)
     except InvalidContext:
         raise _malformed("context is not well formed") from None
+    if len(context) > MAX_PAIRS:
+        raise _malformed("context has too many pairs")
     commitment = _read_exactly(src, 32, "header")
     tag = _read_exactly(src, TAG, "header")
     raw = prefix + blob + _U16.pack(ctx_len) + context_bytes + commitment
@@ -213,9 +232,9 @@ def encrypt_frames(src: Readable, keys: MessageKeys, message_id: bytes, frame_si
     know which one is last; memory stays at two frames."""
     aead = keys.aead
     seq = 1
-    current = src.read(frame_size) or b""
+    current = _read_full(src, frame_size)
     while True:
-        following = src.read(frame_size) if len(current) == frame_size else b""
+        following = _read_full(src, frame_size) if len(current) == frame_size else b""
         if seq > MAX_FRAMES:
             raise InvalidInput("message is too long for its frame size")
         if following:

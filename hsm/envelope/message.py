@@ -23,7 +23,7 @@ from hsm.envelope.format import (
     read_header,
     write_header,
 )
-from hsm.errors import ContextMismatch, InvalidInput
+from hsm.errors import ContextMismatch, InvalidCiphertext, InvalidInput
 from hsm.keys import DataKey
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
 #: ``unwrap(sealed_data_key, context) -> plaintext data key`` (the client's unwrap, or the
 #: data-key cache in front of it).
 Unwrapper = Callable[[bytes, dict[str, str]], bytearray]
+DATA_KEY_SIZE = 32  # AES-256
 Progress = Callable[[int], None]
 
 
@@ -62,6 +63,8 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, data_key: DataKey,
                    context: Mapping[str, str] | None, *, frame_size: int = DEFAULT_FRAME,
                    progress: Progress | None = None) -> StreamSummary:
     """Encrypt all of ``src`` into ``dst`` in constant memory (two frames)."""
+    if len(data_key.plaintext) != DATA_KEY_SIZE:
+        raise InvalidInput(f"an envelope data key is {DATA_KEY_SIZE} bytes")
     header, message_id, keys = write_header(frame_size, data_key.wrapped,
                                             encode_context(context), data_key.plaintext)
     dst.write(header)
@@ -103,6 +106,9 @@ def open_message(src: BinaryIO, unwrap: Unwrapper,
             raise ContextMismatch(_mismatch(dict(expected_context), header.context))
     data_key = unwrap(header.blob, header.context)
     try:
+        if len(data_key) != DATA_KEY_SIZE:  # a sealed blob, but not an envelope data key
+            raise InvalidCiphertext("not a valid hsm envelope message: the sealed key is not "
+                                    "a data key", reason="malformed")
         return header, check_header(header, data_key)
     finally:
         data_key[:] = bytes(len(data_key))

@@ -36,9 +36,9 @@ from hsm.errors import (
     UnsafeKey,
 )
 from hsm.keys.blob import ALG_AES256_GCM as _ALG
+from hsm.keys.blob import DIRECT, MAX_PLAINTEXT, SEALED_KEY, BlobKind, parse_fields
 from hsm.keys.blob import FORMAT_VERSION as _FORMAT
 from hsm.keys.blob import MAGIC as _MAGIC
-from hsm.keys.blob import MAX_PLAINTEXT, parse_fields
 from hsm.keys.blob import pack_header as _header
 from hsm.keys.master import (
     CAPABILITIES,
@@ -55,7 +55,7 @@ from hsm.keys.master import (
 from hsm.keys.replication import CLUSTER_WRAP_LABEL, find_wrapping_key, no_wrapping_key
 from hsm.pkcs11 import Lease, Mechanisms, SessionPool, probe, translate_error, translated
 
-__all__ = ["DataKey", "Keyring"]
+__all__ = ["DataKey", "Keyring", "direct_plaintext"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,24 @@ def _plaintext_bytes(plaintext: object) -> bytes:
     data = bytes(plaintext)
     if not 1 <= len(data) <= MAX_PLAINTEXT:
         raise InvalidInput(f"key material must be 1 to {MAX_PLAINTEXT} bytes, got {len(data)}")
+    return data
+
+
+def direct_plaintext(plaintext: object) -> bytes:
+    """``plaintext`` as bytes if direct encryption takes it (1 to 4096 bytes, AWS KMS
+    Encrypt's bound), else :class:`InvalidInput` pointing larger data to envelope
+    encryption."""
+    if not isinstance(plaintext, bytes | bytearray | memoryview):
+        raise InvalidInput(f"plaintext must be bytes, not {type(plaintext).__name__}")
+    data = bytes(plaintext)
+    limit = DIRECT.max_plaintext
+    if len(data) > limit:
+        raise InvalidInput(
+            f"direct encryption takes at most {limit} bytes of plaintext, got {len(data)}; "
+            "use envelope encryption for more: client.encrypt(...) or "
+            "client.encrypt_stream(...), or 'hsm encrypt' without --direct")
+    if not data:
+        raise InvalidInput(f"direct encryption takes 1 to {limit} bytes of plaintext, got 0")
     return data
 
 
@@ -356,7 +374,32 @@ class Keyring:
 
     def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any = None) -> bytes:
         """Seal a caller's key material under the current version of ``key_id``."""
-        data = _plaintext_bytes(plaintext)
+        return self._seal(key_id, _plaintext_bytes(plaintext), context, SEALED_KEY, "seal")
+
+    def unwrap(self, blob: bytes, context: Any = None) -> bytearray:
+        """Open a sealed blob; the blob names its key and version. ``InvalidCiphertext``
+        if it was tampered with, sealed under another key, or bound to another context."""
+        return bytearray(self._unseal(blob, context, SEALED_KEY, "unwrap"))
+
+    def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
+                       context: Any = None) -> bytes:
+        """Encrypt 1 to 4096 bytes under the current version of ``key_id`` inside the HSM
+        (AWS KMS Encrypt semantics: no data key). The blob is a :data:`~hsm.keys.blob.DIRECT`
+        blob: same layout and context binding as a sealed data key, another magic, so
+        neither can be opened as the other. Larger input: :class:`InvalidInput`."""
+        return self._seal(key_id, direct_plaintext(plaintext), context, DIRECT,
+                          "encrypt direct")
+
+    def decrypt_direct(self, blob: bytes, context: Any = None) -> bytes:
+        """Open a blob from :meth:`encrypt_direct` with the context it was made under;
+        ``InvalidCiphertext`` if it was tampered with, made under another key or context,
+        or is not a direct blob (a sealed data key, say)."""
+        return self._unseal(blob, context, DIRECT, "decrypt direct")
+
+    def _seal(self, key_id: str, data: bytes, context: Any, kind: BlobKind, what: str,
+              ) -> bytes:
+        """AES-256-GCM of ``data`` inside the HSM under the current version of ``key_id``;
+        the blob of ``kind``: header || ciphertext || tag, header and context as AAD."""
         kid = self._kid(key_id)
         ctx = encode_context(context)
         self._need_caller_iv()
@@ -366,16 +409,16 @@ class Keyring:
             if key is None:
                 key = self._key(lease, kid, version)
             iv = os.urandom(12)
-            header = _header(_MAGIC, _FORMAT, _ALG, kid, version, iv)
-            with translated("seal"):
+            header = _header(kind.magic, _FORMAT, _ALG, kid, version, iv)
+            with translated(what):
                 sealed: bytes = key.encrypt(data, mechanism=_GCM,
                                             mechanism_param=_GCMParams(iv, header + ctx, 128))
             return header + sealed
 
-    def unwrap(self, blob: bytes, context: Any = None) -> bytearray:
-        """Open a sealed blob; the blob names its key and version. ``InvalidCiphertext``
-        if it was tampered with, sealed under another key, or bound to another context."""
-        kid, version, iv, ciphertext, header = parse_fields(blob)
+    def _unseal(self, blob: bytes, context: Any, kind: BlobKind, what: str) -> bytes:
+        """The plaintext of a blob of ``kind``, decrypted and verified inside the HSM (the
+        unwrap hot path: lends a session and gives it back without a ``with``)."""
+        kid, version, iv, ciphertext, header = parse_fields(blob, kind)
         ctx = _EMPTY_CONTEXT if context is None else encode_context(context)
         pool = self.pool
         lease, entered = pool.lend()
@@ -384,11 +427,11 @@ class Keyring:
             if key is None:
                 key = self._key(lease, kid, version)
             try:
-                plaintext = bytearray(key.decrypt(
+                plaintext: bytes = key.decrypt(
                     ciphertext, mechanism=_GCM,
-                    mechanism_param=_GCMParams(iv, header + ctx, 128)))
+                    mechanism_param=_GCMParams(iv, header + ctx, 128))
             except p11e.PKCS11Error as exc:
-                raise translate_error(exc, "unwrap", integrity=True) from exc
+                raise translate_error(exc, what, integrity=True) from exc
         except BaseException as exc:
             pool.give_back(lease, exc, entered)
             raise

@@ -6,7 +6,7 @@ without an HSM. Real cryptography, same blob format, programmable faults.
     a.fail()                 # every call raises HSMUnavailable(device_error) until heal()
     b.fail_next(2)           # the next two calls fail
     a.hang()                 # calls block until heal()
-    a.corrupt = True         # unwrap says "does not verify" to everything
+    a.corrupt = True         # unwrap (and decrypt_direct) says "does not verify" to everything
 
 Keys live in a dict: this is a fake, never a place for real key material.
 """
@@ -33,7 +33,8 @@ from hsm.errors import (
     OperationFailed,
 )
 from hsm.keys import DataKey, KeyInfo
-from hsm.keys.blob import SealedBlob, parse_blob
+from hsm.keys.blob import DIRECT, SEALED_KEY, BlobKind, SealedBlob, parse_blob
+from hsm.keys.keyring import direct_plaintext
 
 __all__ = ["FakeMember"]
 
@@ -123,11 +124,12 @@ class FakeMember:
             raise KeyNotFound(f"no master key {key_id} on {self.name}", reason="key_not_found")
         return max(versions)
 
-    def _seal(self, key_id: str, plaintext: bytes, context: Any) -> bytes:
+    def _seal(self, key_id: str, plaintext: bytes, context: Any,
+              kind: BlobKind = SEALED_KEY) -> bytes:
         ctx = encode_context(context)
         version = self._latest(key_id)
         iv = os.urandom(12)
-        header = SealedBlob.header_for(uuid.UUID(key_id).bytes, version, iv)
+        header = SealedBlob.header_for(uuid.UUID(key_id).bytes, version, iv, kind)
         sealed = AESGCM(self._material(key_id, version)).encrypt(iv, plaintext, header + ctx)
         return header + sealed
 
@@ -145,14 +147,25 @@ class FakeMember:
 
     def unwrap(self, blob: bytes, context: Any) -> bytearray:
         self._enter("unwrap")
-        sealed = parse_blob(blob)
+        return bytearray(self._open(blob, context, SEALED_KEY))
+
+    def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
+                       context: Any) -> bytes:
+        self._enter("encrypt_direct")
+        return self._seal(key_id, direct_plaintext(plaintext), context, DIRECT)
+
+    def decrypt_direct(self, blob: bytes, context: Any) -> bytes:
+        self._enter("decrypt_direct")
+        return self._open(blob, context, DIRECT)
+
+    def _open(self, blob: bytes, context: Any, kind: BlobKind) -> bytes:
+        sealed = parse_blob(blob, kind)
         ctx = encode_context(context)
         material = self._material(sealed.key_id, sealed.version)
         if self.corrupt:
             raise InvalidCiphertext("ciphertext does not verify", reason="general_error")
         try:
-            return bytearray(AESGCM(material).decrypt(sealed.iv, sealed.ciphertext,
-                                                      sealed.header + ctx))
+            return AESGCM(material).decrypt(sealed.iv, sealed.ciphertext, sealed.header + ctx)
         except Exception:  # cryptography's InvalidTag
             raise InvalidCiphertext("ciphertext does not verify", reason="tag") from None
 
