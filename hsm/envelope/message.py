@@ -155,12 +155,15 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, unwrap: Unwrapper,
 
 def encrypt(plaintext: bytes | bytearray | memoryview, data_key: DataKey,
             context: Mapping[str, str] | None, *, frame_size: int = DEFAULT_FRAME) -> bytes:
-    """One message in memory."""
+    """One message in memory (no stream plumbing: small messages are the cache's case)."""
     if not isinstance(plaintext, bytes | bytearray | memoryview):
         raise InvalidInput(f"plaintext must be bytes, not {type(plaintext).__name__}")
-    out = io.BytesIO()
-    encrypt_stream(io.BytesIO(plaintext), out, data_key, context, frame_size=frame_size)
-    return out.getvalue()
+    if len(data_key.plaintext) != DATA_KEY_SIZE:
+        raise InvalidInput(f"an envelope data key is {DATA_KEY_SIZE} bytes")
+    header, message_id, keys = write_header(frame_size, data_key.wrapped,
+                                            encode_context(context), data_key.plaintext)
+    frames = encrypt_frames(io.BytesIO(plaintext), keys, message_id, frame_size)
+    return header + b"".join(frames)
 
 
 def decrypt(message: bytes, unwrap: Unwrapper,
@@ -168,6 +171,6 @@ def decrypt(message: bytes, unwrap: Unwrapper,
     """One message in memory; nothing is returned unless all of it verifies."""
     if not isinstance(message, bytes | bytearray | memoryview):
         raise InvalidInput(f"message must be bytes, not {type(message).__name__}")
-    out = io.BytesIO()
-    decrypt_stream(io.BytesIO(bytes(message)), out, unwrap, expected_context)
-    return out.getvalue()
+    src = io.BytesIO(message)
+    header, keys = open_message(src, unwrap, expected_context)
+    return b"".join(list(decrypt_frames(src, keys, header)))
