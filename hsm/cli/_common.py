@@ -20,7 +20,7 @@ import click
 
 from hsm.client import Client
 from hsm.config import Config, load_config
-from hsm.errors import HSMError, InvalidCiphertext, PinError, PinIncorrect
+from hsm.errors import ContextMismatch, HSMError, InvalidCiphertext, PinError, PinIncorrect
 
 __all__ = [
     "CLIError",
@@ -61,9 +61,13 @@ def describe(exc: HSMError) -> str:
 
     Library messages never hold PINs or key material, and neither do the hints added here.
     """
+    if isinstance(exc, ContextMismatch):
+        return exc.message  # says which context keys differ: more useful than any hint
     if isinstance(exc, InvalidCiphertext):
         if exc.reason == "malformed":
-            return f"malformed blob: {exc.message} (not a blob made by hsm wrap or hsm data-key)"
+            return f"malformed input: {exc.message}"
+        if exc.reason == "truncated":
+            return f"{exc.message} (the file was cut short)"
         return f"ciphertext does not verify ({_TAMPERED_HINT})"
     if isinstance(exc, PinIncorrect):
         if exc.reason == "pin_locked":

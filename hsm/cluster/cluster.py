@@ -250,6 +250,7 @@ class Cluster:
             except HSMError as err:
                 self._single_failed(err)
                 raise
+        parse_fields(blob)  # a malformed blob is refused here, not sent to every member
         return self._run(Operation.UNWRAP, lambda m: m.unwrap(blob, context))
 
     def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
