@@ -148,6 +148,18 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
     return Config(ClusterConfig(mode, quorum, deadline), members, StoreConfig(url), path)
 
 
+def _pin_source(table: Mapping[str, Any], key: str, where: str, base: Path,
+                prompt: str) -> PinSource:
+    """A PIN source from the config; a ``file:`` path is read relative to the config."""
+    try:
+        source = PinSource.parse(_get(table, key, str, where), prompt_text=prompt)
+    except PinSourceError as exc:
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+    if source.kind == "file":
+        source = PinSource("file", str(base / Path(source.where).expanduser()), prompt)
+    return source
+
+
 def _member(table: Any, index: int, name: str, base: Path) -> MemberConfig:
     where = f"{name} [[member]] #{index + 1}"
     if not isinstance(table, Mapping):
@@ -165,23 +177,9 @@ def _member(table: Any, index: int, name: str, base: Path) -> MemberConfig:
     if not isinstance(token if token is not None else serial, str):
         raise ConfigError(f"{where}: 'token' and 'serial' are strings")
     selector = TokenSelector(label=token, serial=serial)
-    try:
-        pin = PinSource.parse(_get(table, "pin", str, where),
-                              prompt_text=f"PIN for {member_name}: ")
-    except PinSourceError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if pin.kind == "file":
-        pin = PinSource("file", str(base / Path(pin.where).expanduser()), pin.prompt_text)
-    so_pin = None
-    if table.get("so_pin") is not None:
-        try:
-            so_pin = PinSource.parse(_get(table, "so_pin", str, where),
-                                     prompt_text=f"SO PIN for {member_name}: ")
-        except PinSourceError as exc:
-            raise ConfigError(f"{where}: so_pin: {exc}") from None
-        if so_pin.kind == "file":
-            so_pin = PinSource("file", str(base / Path(so_pin.where).expanduser()),
-                               so_pin.prompt_text)
+    pin = _pin_source(table, "pin", where, base, f"PIN for {member_name}: ")
+    so_pin = (_pin_source(table, "so_pin", where, base, f"SO PIN for {member_name}: ")
+              if table.get("so_pin") is not None else None)
     env = table.get("env", {})
     if not isinstance(env, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
