@@ -378,8 +378,29 @@ class Keyring:
 
     def unwrap(self, blob: bytes, context: Any = None) -> bytearray:
         """Open a sealed blob; the blob names its key and version. ``InvalidCiphertext``
-        if it was tampered with, sealed under another key, or bound to another context."""
-        return bytearray(self._unseal(blob, context, SEALED_KEY, "unwrap"))
+        if it was tampered with, sealed under another key, or bound to another context.
+
+        The body is :meth:`_unseal`'s, written out: this is the hot path the data-key
+        benchmark measures, and one call less per unwrap shows there."""
+        kid, version, iv, ciphertext, header = parse_fields(blob)
+        ctx = _EMPTY_CONTEXT if context is None else encode_context(context)
+        pool = self.pool
+        lease, entered = pool.lend()
+        try:
+            key = lease.keys.get((kid, version))
+            if key is None:
+                key = self._key(lease, kid, version)
+            try:
+                plaintext = bytearray(key.decrypt(
+                    ciphertext, mechanism=_GCM,
+                    mechanism_param=_GCMParams(iv, header + ctx, 128)))
+            except p11e.PKCS11Error as exc:
+                raise translate_error(exc, "unwrap", integrity=True) from exc
+        except BaseException as exc:
+            pool.give_back(lease, exc, entered)
+            raise
+        pool.give_back(lease, None, entered)
+        return plaintext
 
     def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
                        context: Any = None) -> bytes:
