@@ -361,9 +361,10 @@ class Keyring:
             iv = os.urandom(12)
             header = _header(_MAGIC, _FORMAT, _ALG, kid, version, iv)
             try:
-                plaintext = bytearray(lease.session.generate_random(size * 8))
-                sealed = key.encrypt(bytes(plaintext), mechanism=_GCM,
+                fresh = lease.session.generate_random(size * 8)
+                sealed = key.encrypt(fresh, mechanism=_GCM,
                                      mechanism_param=_GCMParams(iv, header + ctx, 128))
+                plaintext = bytearray(fresh)
             except p11e.PKCS11Error as exc:
                 raise translate_error(exc, "generate data key") from exc
         except BaseException as exc:
