@@ -24,13 +24,9 @@ Exits 0 whether or not the target is met (it is a measurement); non-zero on erro
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import io
 import json
 import os
 import platform
-import pstats
 import secrets
 import shutil
 import statistics
@@ -38,14 +34,14 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import pkcs11
+from _rounds import Op, Rate, profile, run_for
 from pkcs11 import Mechanism, ObjectClass
 
 import hsm
@@ -67,7 +63,6 @@ _ALG = 1
 _GCM = Mechanism.AES_GCM
 _GCMParams = pkcs11.GCMParams
 
-Op = Callable[[], object]
 
 
 # -- the token ----------------------------------------------------------------------------
@@ -195,28 +190,7 @@ def cross_check(client: hsm.Client, key_id: str, key: Any, key_uuid: bytes, vers
 # -- measuring ----------------------------------------------------------------------------
 
 
-class Rate(NamedTuple):
-    """One round of one side: ops per wall-clock second and per CPU second of this thread."""
 
-    wall: float
-    cpu: float
-
-
-def run_for(op: Op, seconds: float) -> Rate:
-    """Run ``op`` for about ``seconds``; SoftHSM runs in this thread, so CPU time is all of it."""
-    gc.collect()
-    count = 0
-    clock = time.perf_counter
-    cpu_start = time.thread_time()
-    start = clock()
-    deadline = start + seconds
-    while True:
-        op()
-        count += 1
-        now = clock()
-        if now >= deadline:
-            cpu = time.thread_time() - cpu_start
-            return Rate(count / (now - start), count / cpu if cpu > 0 else float("nan"))
 
 
 def measure(hsm_side: Op, raw_side: Op, rounds: int, seconds: float, warmup: float,
@@ -236,16 +210,6 @@ def measure(hsm_side: Op, raw_side: Op, rounds: int, seconds: float, warmup: flo
     return hsm_rates, raw_rates
 
 
-def profile(op: Op, seconds: float, top: int) -> str:
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run_for(op, seconds)
-    profiler.disable()
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out).strip_dirs()
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
-    return out.getvalue()
 
 
 # -- main ---------------------------------------------------------------------------------

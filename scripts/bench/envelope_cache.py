@@ -24,16 +24,10 @@ A measurement: exits 0 whatever the numbers; non-zero only on errors.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import io
 import json
 import os
-import pstats
 import sys
-import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from _envelope_common import (
     CONTEXT,
@@ -43,6 +37,7 @@ from _envelope_common import (
     versions,
     versions_line,
 )
+from _rounds import Op, Rate, profile, run_for
 
 import hsm
 from hsm.testing import FaultInjector
@@ -52,30 +47,9 @@ SIZE = 1024
 # --hsm-delay-ms: one delay per HSM operation (generate_data_key, unwrap), not per call.
 DELAYED_CALLS = "C_EncryptInit,C_DecryptInit"
 
-Op = Callable[[], object]
 
 
-class Rate(NamedTuple):
-    """One round of one side: messages per wall-clock second and per CPU second."""
 
-    wall: float
-    cpu: float
-
-
-def run_for(op: Op, seconds: float) -> Rate:
-    gc.collect()
-    count = 0
-    clock = time.perf_counter
-    cpu_start = time.thread_time()
-    start = clock()
-    deadline = start + seconds
-    while True:
-        op()
-        count += 1
-        now = clock()
-        if now >= deadline:
-            cpu = time.thread_time() - cpu_start
-            return Rate(count / (now - start), count / cpu if cpu > 0 else float("nan"))
 
 
 def message_op(client: hsm.Client, key_id: str, plaintext: bytes) -> Op:
@@ -84,16 +58,6 @@ def message_op(client: hsm.Client, key_id: str, plaintext: bytes) -> Op:
     return op
 
 
-def profile(op: Op, seconds: float, top: int) -> str:
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run_for(op, seconds)
-    profiler.disable()
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out).strip_dirs()
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
-    return out.getvalue()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
