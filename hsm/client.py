@@ -18,7 +18,7 @@ from hsm.cluster.metrics import ClusterMetrics
 from hsm.config import Config, MemberConfig, load_config
 from hsm.context import encode_context
 from hsm.envelope.cache import CacheConfig, DataKeyCache
-from hsm.errors import OperationFailed
+from hsm.errors import OperationFailed, Reason
 from hsm.keys import DataKey, KeyInfo, Keyring
 
 __all__ = ["Client", "MemberStatus", "member_status", "open"]
@@ -139,12 +139,12 @@ class Client:
     def _keyring(self) -> Keyring:
         ring = self.members[0].keyring
         if ring is None:
-            raise OperationFailed(_NOT_OPEN, reason="not_open")
+            raise OperationFailed(_NOT_OPEN, reason=Reason.NOT_OPEN)
         return ring
 
     def _cluster(self) -> Cluster:
         if not self._open:
-            raise OperationFailed(_NOT_OPEN, reason="not_open")
+            raise OperationFailed(_NOT_OPEN, reason=Reason.NOT_OPEN)
         return self.cluster
 
     # -- master keys -----------------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "PinIncorrect",
     "PinSourceError",
     "QuorumNotReached",
+    "Reason",
     "ReplicationError",
     "TokenNotFound",
     "UnsafeKey",
@@ -74,6 +75,108 @@ class Kind(enum.Enum):
     INTEGRITY = "integrity"
 
 
+class Reason(enum.StrEnum):
+    """Why an error (or a member's change of state) happened: a machine-readable word.
+
+    A ``StrEnum``: each value is the word that logs, JSON output and metrics have always
+    shown, so ``str(reason)`` and ``json.dumps`` are unchanged. Compare members
+    (``err.reason is Reason.DEADLINE``), never message text.
+    """
+
+    ALREADY_LOGGED_IN = "already_logged_in"
+    ANSWERED_AGAIN = "answered again"
+    ARGUMENTS_BAD = "arguments_bad"
+    CANCELLED = "cancelled"
+    CLOSED = "closed"
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    COMMITMENT = "commitment"
+    CONFIG = "config"
+    CONTEXT_MISMATCH = "context_mismatch"
+    DATA_INVALID = "data_invalid"
+    DATA_LENGTH = "data_length"
+    DEADLINE = "deadline"
+    DEVICE_ERROR = "device_error"
+    DEVICE_MEMORY = "device_memory"
+    DEVICE_REMOVED = "device_removed"
+    DUPLICATE_KEY = "duplicate_key"
+    ENCRYPTED_DATA_INVALID = "encrypted_data_invalid"
+    ENCRYPTED_DATA_LENGTH = "encrypted_data_length"
+    ERROR = "error"
+    FRAME_TAG = "frame_tag"
+    FUNCTION_CANCELLED = "function_cancelled"
+    FUNCTION_FAILED = "function_failed"
+    FUNCTION_NOT_SUPPORTED = "function_not_supported"
+    GENERAL_ERROR = "general_error"
+    HARNESS = "harness"
+    HEADER_TAG = "header_tag"
+    HOST_MEMORY = "host_memory"
+    HUNG_CALLS = "hung_calls"
+    INTEGRITY = "integrity"
+    INTEGRITY_DISAGREEMENT = "integrity_disagreement"
+    INVALID_CIPHERTEXT = "invalid_ciphertext"
+    INVALID_CONTEXT = "invalid_context"
+    INVALID_INPUT = "invalid_input"
+    KCV_MISMATCH = "kcv_mismatch"
+    KEY_EXISTS = "key_exists"
+    KEY_HANDLE_INVALID = "key_handle_invalid"
+    KEY_NOT_FOUND = "key_not_found"
+    KEY_NOT_WRAPPABLE = "key_not_wrappable"
+    KEY_UNEXTRACTABLE = "key_unextractable"
+    MALFORMED = "malformed"
+    MECHANISM_INVALID = "mechanism_invalid"
+    MECHANISM_PARAM_INVALID = "mechanism_param_invalid"
+    MECHANISM_UNSUPPORTED = "mechanism_unsupported"
+    MODULE_LOAD = "module_load"
+    NO_CHECK_VALUE = "no_check_value"
+    NO_MEMBER = "no_member"
+    NO_WRAPPING_KEY = "no_wrapping_key"
+    NOT_INITIALIZED = "not_initialized"
+    NOT_LOGGED_IN = "not_logged_in"
+    NOT_OPEN = "not_open"
+    NOT_REPLICABLE = "not_replicable"
+    OBJECT_HANDLE_INVALID = "object_handle_invalid"
+    OPERATION_ACTIVE = "operation_active"
+    OPERATION_FAILED = "operation_failed"
+    PIN = "pin"
+    PIN_EXPIRED = "pin_expired"
+    PIN_INCORRECT = "pin_incorrect"
+    PIN_INVALID = "pin_invalid"
+    PIN_LENGTH = "pin_length"
+    PIN_LOCKED = "pin_locked"
+    PIN_NOT_INITIALIZED = "pin_not_initialized"
+    PIN_SOURCE = "pin_source"
+    PKCS11_ERROR = "pkcs11_error"
+    POOL_EXHAUSTED = "pool_exhausted"
+    QUORUM_NOT_REACHED = "quorum_not_reached"
+    READMITTED = "re-admitted"
+    RECOVERING = "recovering"
+    RELEASED = "released"
+    REPLICATION = "replication"
+    SESSION_CLOSED = "session_closed"
+    SESSION_COUNT = "session_count"
+    SESSION_HANDLE_INVALID = "session_handle_invalid"
+    SESSION_READ_ONLY_EXISTS = "session_read_only_exists"
+    TAG = "tag"
+    TOKEN_LOST = "token_lost"  # noqa: S105 (a reason word, not a secret)
+    TOKEN_NOT_FOUND = "token_not_found"  # noqa: S105 (a reason word, not a secret)
+    TOKEN_NOT_PRESENT = "token_not_present"  # noqa: S105 (a reason word, not a secret)
+    TOKEN_NOT_RECOGNISED = "token_not_recognised"  # noqa: S105 (a reason word, not a secret)
+    TRAILING = "trailing"
+    TRUNCATED = "truncated"
+    UNAVAILABLE = "unavailable"
+    UNEXPECTED = "unexpected"
+    UNSAFE_KEY = "unsafe_key"
+    UNWRAP_TEMPLATE_IGNORED = "unwrap_template_ignored"
+    USER_LOGGED_IN = "user_logged_in"
+    WRAPPED_KEY_INVALID = "wrapped_key_invalid"
+    WRAPPED_KEY_LENGTH = "wrapped_key_length"
+    WRAPPING_KEY_MISMATCH = "wrapping_key_mismatch"
+    WRAPPING_KEY_PARTIAL = "wrapping_key_partial"
+    WRAPPING_KEY_TEST_FAILED = "wrapping_key_test_failed"
+    WRAPPING_KEY_UNSAFE = "wrapping_key_unsafe"
+    WRAPPING_KEY_UNTRUSTED = "wrapping_key_untrusted"
+
+
 class HSMError(Exception):
     """Root of every error this package raises.
 
@@ -82,12 +185,12 @@ class HSMError(Exception):
     """
 
     kind: Kind = Kind.PERMANENT
-    default_reason = "error"
+    default_reason: Reason = Reason.ERROR
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason: Reason = self.default_reason if reason is None else Reason(reason)
 
     @property
     def transient(self) -> bool:
@@ -97,89 +200,89 @@ class HSMError(Exception):
 class ConfigError(HSMError, ValueError):
     """The configuration file is missing, unreadable or invalid."""
 
-    default_reason = "config"
+    default_reason = Reason.CONFIG
 
 
 class PinError(HSMError):
     """Base of the PIN problems."""
 
-    default_reason = "pin"
+    default_reason = Reason.PIN
 
 
 class PinSourceError(PinError, ValueError):
     """The PIN source named in the config gives no PIN (unset variable, unreadable file)."""
 
-    default_reason = "pin_source"
+    default_reason = Reason.PIN_SOURCE
 
 
 class PinIncorrect(PinError):
     """The HSM refused the PIN. Never retried: real HSMs lock the account."""
 
-    default_reason = "pin_incorrect"
+    default_reason = Reason.PIN_INCORRECT
 
 
 class ModuleLoadError(HSMError):
     """The PKCS#11 module could not be loaded or initialized."""
 
-    default_reason = "module_load"
+    default_reason = Reason.MODULE_LOAD
 
 
 class TokenNotFound(HSMError, LookupError):
     """No token with the requested label or serial; the message lists the tokens that exist."""
 
-    default_reason = "token_not_found"
+    default_reason = Reason.TOKEN_NOT_FOUND
 
 
 class KeyNotFound(HSMError, LookupError):
     """No master key with that id (and version) on the HSM."""
 
-    default_reason = "key_not_found"
+    default_reason = Reason.KEY_NOT_FOUND
 
 
 class UnsafeKey(HSMError):
     """A master key's attributes break policy (extractable, not sensitive, ...)."""
 
-    default_reason = "unsafe_key"
+    default_reason = Reason.UNSAFE_KEY
 
 
 class InvalidContext(HSMError, ValueError):
     """The encryption context is not a ``str -> str`` mapping within bounds."""
 
-    default_reason = "invalid_context"
+    default_reason = Reason.INVALID_CONTEXT
 
 
 class InvalidInput(HSMError, ValueError):
     """An argument is malformed (a key of the wrong length, a bad key id...)."""
 
-    default_reason = "invalid_input"
+    default_reason = Reason.INVALID_INPUT
 
 
 class MechanismUnsupported(HSMError):
     """The module does not implement a mechanism this operation needs."""
 
-    default_reason = "mechanism_unsupported"
+    default_reason = Reason.MECHANISM_UNSUPPORTED
 
 
 class OperationFailed(HSMError):
     """The HSM refused the operation for a reason that repeating will not fix."""
 
-    default_reason = "operation_failed"
+    default_reason = Reason.OPERATION_FAILED
 
 
 class HSMUnavailable(HSMError):
     """The HSM, its session or its token is lost or failing; may succeed later or elsewhere."""
 
     kind = Kind.TRANSIENT
-    default_reason = "unavailable"
+    default_reason = Reason.UNAVAILABLE
 
 
 class ClusterUnavailable(HSMUnavailable):
     """Every member that could serve the call failed. ``attempts`` lists each try
     (member, outcome, reason, milliseconds), oldest first."""
 
-    default_reason = "cluster_unavailable"
+    default_reason = Reason.CLUSTER_UNAVAILABLE
 
-    def __init__(self, message: str, *, reason: str | None = None,
+    def __init__(self, message: str, *, reason: Reason | None = None,
                  attempts: tuple[Any, ...] = ()) -> None:
         super().__init__(message, reason=reason)
         self.attempts = attempts
@@ -188,13 +291,13 @@ class ClusterUnavailable(HSMUnavailable):
 class QuorumNotReached(HSMUnavailable):
     """A new key could not be placed on ``quorum`` members; it was rolled back."""
 
-    default_reason = "quorum_not_reached"
+    default_reason = Reason.QUORUM_NOT_REACHED
 
 
 class ReplicationError(HSMError):
     """Copies of one key on different members do not match (their KCVs differ)."""
 
-    default_reason = "replication"
+    default_reason = Reason.REPLICATION
 
 
 class InvalidCiphertext(HSMError, ValueError):
@@ -204,7 +307,7 @@ class InvalidCiphertext(HSMError, ValueError):
     """
 
     kind = Kind.INTEGRITY
-    default_reason = "invalid_ciphertext"
+    default_reason = Reason.INVALID_CIPHERTEXT
 
 
 class ContextMismatch(InvalidCiphertext):
@@ -213,4 +316,4 @@ class ContextMismatch(InvalidCiphertext):
     Unlike a bare "does not verify", this says so, and which context keys differ (the
     context is not secret: it travels in the clear in the message header)."""
 
-    default_reason = "context_mismatch"
+    default_reason = Reason.CONTEXT_MISMATCH

@@ -20,7 +20,7 @@ import click
 
 from hsm.client import Client
 from hsm.config import Config, load_config
-from hsm.errors import ContextMismatch, HSMError, InvalidCiphertext, PinError, PinIncorrect
+from hsm.errors import ContextMismatch, HSMError, InvalidCiphertext, PinError, PinIncorrect, Reason
 
 __all__ = [
     "CLIError",
@@ -64,13 +64,13 @@ def describe(exc: HSMError) -> str:
     if isinstance(exc, ContextMismatch):
         return exc.message  # says which context keys differ: more useful than any hint
     if isinstance(exc, InvalidCiphertext):
-        if exc.reason == "malformed":
+        if exc.reason is Reason.MALFORMED:
             return f"malformed input: {exc.message}"
-        if exc.reason == "truncated":
+        if exc.reason is Reason.TRUNCATED:
             return f"{exc.message} (the file was cut short)"
         return f"ciphertext does not verify ({_TAMPERED_HINT})"
     if isinstance(exc, PinIncorrect):
-        if exc.reason == "pin_locked":
+        if exc.reason is Reason.PIN_LOCKED:
             return f"{exc.message}: the user PIN is locked; the security officer must reset it"
         return (f"wrong PIN: {exc.message}; not retried, since HSMs lock the account "
                 "after repeated failures")

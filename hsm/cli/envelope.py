@@ -38,7 +38,7 @@ from hsm.cli._common import (
 )
 from hsm.envelope import DEFAULT_FRAME, FRAME_MAX, FRAME_MIN
 from hsm.envelope.format import MAGIC as ENVELOPE_MAGIC
-from hsm.errors import ContextMismatch, HSMError, InvalidCiphertext
+from hsm.errors import ContextMismatch, HSMError, InvalidCiphertext, Reason
 from hsm.keys.blob import DIRECT, DIRECT_MAX_PLAINTEXT, parse_blob
 
 __all__ = ["PROGRESS_MIN", "decrypt", "encrypt", "want_progress"]
@@ -222,12 +222,12 @@ def _failure(exc: HSMError, src: str, dst: str, *, direct: bool) -> CLIError:
     if isinstance(exc, ContextMismatch):
         return CLIError(f"{exc.message}{kept}")
     if isinstance(exc, InvalidCiphertext):
-        if exc.reason == "malformed":
+        if exc.reason is Reason.MALFORMED:
             return CLIError(f"{name}: {exc.message}{kept}")
         if direct:
             return CLIError(f"{name}: ciphertext does not verify (altered, made under another "
                             f"key, or bound to another context: check --context){kept}")
-        if exc.reason in ("truncated", "trailing"):
+        if exc.reason in (Reason.TRUNCATED, Reason.TRAILING):
             return CLIError(f"{name}: {exc.message}{kept}")
         return CLIError(f"{name}: {exc.message} (altered, or made under another key){kept}")
     return CLIError(describe(exc))

@@ -6,7 +6,7 @@ Hazmat: applications use :func:`hsm.open`, which builds a cluster from the confi
 from hsm.cluster.cluster import CallRecord, Cluster, MemberReport, VerifyReport
 from hsm.cluster.health import Health, State, Transition
 from hsm.cluster.member import HSMMember, MemberBackend
-from hsm.cluster.policy import Attempt, Decision, FailoverPolicy, Operation
+from hsm.cluster.policy import Attempt, Decision, FailoverPolicy, Operation, Outcome
 
 __all__ = [
     "Attempt",
@@ -19,6 +19,7 @@ __all__ = [
     "MemberBackend",
     "MemberReport",
     "Operation",
+    "Outcome",
     "State",
     "Transition",
     "VerifyReport",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsm.config import Config, MemberConfig
-from hsm.errors import ConfigError, HSMError, InvalidInput, OperationFailed
+from hsm.errors import ConfigError, HSMError, InvalidInput, OperationFailed, Reason
 from hsm.keys.replication import (
     CLUSTER_WRAP_LABEL,
     MATERIAL_BYTES,
@@ -125,7 +125,7 @@ def init_cluster(config: Config, *, material: bytes | bytearray | None = None,
         if odd or reference is None:
             raise OperationFailed(
                 f"member(s) {', '.join(odd)} ended the ceremony with another wrapping key "
-                f"than kcv {reference}", reason="wrapping_key_mismatch",
+                f"than kcv {reference}", reason=Reason.WRAPPING_KEY_MISMATCH,
             )
         report = CeremonyReport(rows, reference)
     except BaseException:
@@ -200,7 +200,7 @@ def _plan(names: Sequence[str], held: dict[str, str | None], given: str | None,
             f"member(s) {differs} hold another cluster wrapping key {label!r} than "
             f"{against}; the ceremony never replaces one and changed nothing: have the "
             "security officer destroy it on those members, then run it again",
-            reason="wrapping_key_mismatch",
+            reason=Reason.WRAPPING_KEY_MISMATCH,
         )
     if present and missing and given is None:
         holders = ", ".join(n for n in names if n in present)
@@ -209,7 +209,7 @@ def _plan(names: Sequence[str], held: dict[str, str | None], given: str | None,
             f"{', '.join(missing)} do(es) not, and the ceremony never keeps its key material; "
             "nothing was changed. Clone a member's token for the new one, or have the "
             "security officers destroy the wrapping key on every member and run the ceremony "
-            "again (master keys are not affected)", reason="wrapping_key_partial",
+            "again (master keys are not affected)", reason=Reason.WRAPPING_KEY_PARTIAL,
         )
     return reference, missing
 

@@ -39,6 +39,7 @@ from hsm.cluster.policy import (
     Decision,
     FailoverPolicy,
     Operation,
+    Outcome,
     exhausted,
     outcome_of,
 )
@@ -48,6 +49,7 @@ from hsm.errors import (
     HSMError,
     HSMUnavailable,
     QuorumNotReached,
+    Reason,
     ReplicationError,
 )
 from hsm.keys import DataKey, KeyInfo
@@ -68,8 +70,8 @@ class CallRecord:
 
     member: str
     operation: Operation
-    outcome: str
-    reason: str
+    outcome: Outcome
+    reason: Reason | None
     started: float
     ms: float
 
@@ -182,7 +184,7 @@ class Cluster:
                     self.health[member.name].failed(exc.reason)
             if not opened:
                 raise ClusterUnavailable("no member could be reached at start",
-                                         reason="no_member")
+                                         reason=Reason.NO_MEMBER)
         except BaseException:
             for member in opened:
                 member.close()
@@ -298,11 +300,11 @@ class Cluster:
                 last = err
                 self.metrics.failovers.labels(member.name).inc()
                 continue
-            if any(a.outcome == "integrity" for a in policy.history):
+            if any(a.outcome is Outcome.INTEGRITY for a in policy.history):
                 # Another member called good ciphertext bad: it is the faulty one.
                 for attempt in policy.history:
-                    if attempt.outcome == "integrity":
-                        self.health[attempt.member].failed("integrity_disagreement")
+                    if attempt.outcome is Outcome.INTEGRITY:
+                        self.health[attempt.member].failed(Reason.INTEGRITY_DISAGREEMENT)
             return result
 
     def _only(self, op: Operation, call: Callable[[MemberBackend], T]) -> T:
@@ -341,7 +343,8 @@ class Cluster:
         self._calls[(member.name, op)].inc()
         health.outstanding += 1
         start = time.perf_counter()
-        outcome, reason = "ok", ""
+        outcome: Outcome = Outcome.OK
+        reason: Reason | None = None
         try:
             if not self._threaded:
                 return call(member)
@@ -353,12 +356,12 @@ class Cluster:
                 future.add_done_callback(lambda f: health.hung_call_returned(_error_of(f)))
                 raise HSMUnavailable(
                     f"{op.value} on member {member.name}: no answer within "
-                    f"{self.deadline * 1000:.0f} ms", reason="deadline",
+                    f"{self.deadline * 1000:.0f} ms", reason=Reason.DEADLINE,
                 ) from None
         except HSMError as err:
             outcome, reason = outcome_of(err), err.reason
             self.metrics.errors.labels(member.name, err.kind.value).inc()
-            if err.transient and err.reason != "deadline":
+            if err.transient and err.reason is not Reason.DEADLINE:
                 health.failed(err.reason)
             raise
         finally:
@@ -422,7 +425,7 @@ class Cluster:
                                         lambda m: m.import_key(key_id, 1, blob,
                                                                expected_kcv=info.kcv))
                 except HSMError as exc:
-                    if exc.reason == "kcv_mismatch":
+                    if exc.reason is Reason.KCV_MISMATCH:
                         # The member refused (or kept its own) copy: nothing of ours there.
                         self._rollback(key_id, copies)
                         raise ReplicationError(
@@ -521,7 +524,7 @@ class Cluster:
                                       functools.partial(_import, ref=ref, blob=blob,
                                                         kcv=info.kcv))
                     except HSMError as exc:
-                        if exc.reason == "kcv_mismatch":
+                        if exc.reason is Reason.KCV_MISMATCH:
                             raise ReplicationError(
                                 f"copy of key {ref[0]} v{ref[1]} on {member.name} would have "
                                 f"another KCV than {info.kcv}") from exc
@@ -532,7 +535,7 @@ class Cluster:
                     self._attempt(member, Operation.DESTROY_KEY,
                                   functools.partial(_destroy, ref=ref))
                 except HSMError as exc:
-                    if exc.reason != "key_not_found":
+                    if exc.reason is not Reason.KEY_NOT_FOUND:
                         raise
             with self._lock:
                 self.pending[member.name].clear()
@@ -610,12 +613,12 @@ def _destroy(member: MemberBackend, *, ref: KeyRef) -> None:
     member.destroy_key(*ref)
 
 
-def _error_of(future: Future[Any]) -> str | None:
+def _error_of(future: Future[Any]) -> Reason | None:
     if future.cancelled():
-        return "cancelled"
+        return Reason.CANCELLED
     exc = future.exception()
     if exc is None:
         return None
     if isinstance(exc, HSMError):
         return exc.reason if exc.transient else None
-    return type(exc).__name__
+    return Reason.UNEXPECTED

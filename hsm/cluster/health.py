@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hsm.errors import Reason
+
 __all__ = ["Health", "State", "Transition"]
 
 
@@ -34,7 +36,7 @@ class Transition:
     member: str
     old: State
     new: State
-    reason: str
+    reason: Reason
     at: float
 
 
@@ -48,8 +50,7 @@ class Health:
         self.state = State.HEALTHY
         self.outstanding = 0  # calls in flight (routing in balanced mode)
         self.hung = 0  # calls that outlived their deadline and have not returned
-        self.last_reason = ""
-        self.down_since: float | None = None
+        self.last_reason: Reason | None = None  # why it last changed state (hsm status)
         self.next_probe = 0.0
         self._clock = clock
         self._interval = probe_interval
@@ -62,7 +63,7 @@ class Health:
     def serving(self) -> bool:
         return self.state is State.HEALTHY
 
-    def _set(self, new: State, reason: str) -> Transition | None:
+    def _set(self, new: State, reason: Reason) -> Transition | None:
         old = self.state
         if old is new:
             return None
@@ -74,11 +75,10 @@ class Health:
         if change is not None and self._on_change is not None:
             self._on_change(change)
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: Reason) -> None:
         """A transient error: down, first probe after ``probe_interval``."""
         with self._lock:
             if self.state is not State.DOWN:
-                self.down_since = self._clock()
                 self._backoff = self._interval
             self.next_probe = self._clock() + self._backoff
             change = self._set(State.DOWN, reason)
@@ -88,29 +88,28 @@ class Health:
         """A call outlived its deadline and still runs: suspect until it returns."""
         with self._lock:
             self.hung += 1
-            change = self._set(State.SUSPECT, "deadline") if self.state is State.HEALTHY \
+            change = self._set(State.SUSPECT, Reason.DEADLINE) if self.state is State.HEALTHY \
                 else None
         self._notify(change)
 
-    def hung_call_returned(self, error_reason: str | None) -> None:
+    def hung_call_returned(self, error_reason: Reason | None) -> None:
         """A call that had outlived its deadline has now returned (``None``: it worked)."""
         with self._lock:
             self.hung -= 1
             change = None
             if error_reason is not None:
                 if self.state is not State.DOWN:
-                    self.down_since = self._clock()
                     self._backoff = self._interval
                 self.next_probe = self._clock() + self._backoff
                 change = self._set(State.DOWN, error_reason)
             elif self.hung == 0 and self.state is State.SUSPECT:
-                change = self._set(State.HEALTHY, "answered again")
+                change = self._set(State.HEALTHY, Reason.ANSWERED_AGAIN)
         self._notify(change)
 
     def probe_due(self) -> bool:
         return self.state is State.DOWN and self.hung == 0 and self._clock() >= self.next_probe
 
-    def probe_failed(self, reason: str) -> None:
+    def probe_failed(self, reason: Reason) -> None:
         with self._lock:
             self._backoff = min(self._backoff * 2, self._max_interval)
             self.next_probe = self._clock() + self._backoff
@@ -118,7 +117,6 @@ class Health:
 
     def readmitted(self) -> None:
         with self._lock:
-            self.down_since = None
             self._backoff = self._interval
-            change = self._set(State.HEALTHY, "re-admitted")
+            change = self._set(State.HEALTHY, Reason.READMITTED)
         self._notify(change)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hsm.config import MemberConfig
-from hsm.errors import HSMError, HSMUnavailable
+from hsm.errors import HSMError, HSMUnavailable, Reason
 from hsm.keys import DataKey, KeyInfo, Keyring
 from hsm.pkcs11 import Module, SessionPool
 
@@ -94,7 +94,7 @@ class HSMMember:
     def _ring(self) -> Keyring:
         ring = self.keyring
         if ring is None:
-            raise HSMUnavailable(f"member {self.name} is not connected", reason="not_open")
+            raise HSMUnavailable(f"member {self.name} is not connected", reason=Reason.NOT_OPEN)
         return ring
 
     def ping(self) -> None:

@@ -30,9 +30,11 @@ from hsm.errors import (
     InvalidCiphertext,
     KeyNotFound,
     Kind,
+    Reason,
 )
 
-__all__ = ["Attempt", "Decision", "FailoverPolicy", "Operation", "exhausted"]
+__all__ = ["Attempt", "Decision", "FailoverPolicy", "Operation", "Outcome", "exhausted",
+           "outcome_of"]
 
 
 class Operation(enum.Enum):
@@ -57,6 +59,17 @@ class Operation(enum.Enum):
         return self not in (Operation.CREATE_KEY, Operation.DESTROY_KEY)
 
 
+class Outcome(enum.StrEnum):
+    """How one attempt on one member ended (values are the words logs and drills show)."""
+
+    OK = "ok"
+    TRANSIENT = "transient"
+    TIMEOUT = "timeout"  # no answer within the deadline
+    INTEGRITY = "integrity"  # "does not verify"
+    KEY_NOT_FOUND = "key_not_found"
+    PERMANENT = "permanent"
+
+
 class Decision(enum.Enum):
     NEXT_MEMBER = "next_member"  # a transient failure: the call moves on
     VERIFY_ELSEWHERE = "verify_elsewhere"  # a member says "does not verify": ask another
@@ -68,21 +81,24 @@ class Attempt:
     """One try of one call on one member. Holds no data, only what happened."""
 
     member: str
-    outcome: str  # "ok", "transient", "timeout", "integrity", "key_not_found", "permanent"
-    reason: str
+    outcome: Outcome
+    reason: Reason
     ms: float
 
     def __str__(self) -> str:
         return f"{self.member}: {self.outcome} ({self.reason}, {self.ms:.0f} ms)"
 
 
-def outcome_of(error: HSMError) -> str:
+def outcome_of(error: HSMError) -> Outcome:
     if isinstance(error, KeyNotFound):
-        return "key_not_found"
-    if error.reason == "deadline":
-        return "timeout"
-    return {Kind.TRANSIENT: "transient", Kind.INTEGRITY: "integrity"}.get(error.kind,
-                                                                          "permanent")
+        return Outcome.KEY_NOT_FOUND
+    if error.reason is Reason.DEADLINE:
+        return Outcome.TIMEOUT
+    return _OUTCOME_BY_KIND[error.kind]
+
+
+_OUTCOME_BY_KIND = {Kind.TRANSIENT: Outcome.TRANSIENT, Kind.INTEGRITY: Outcome.INTEGRITY,
+                    Kind.PERMANENT: Outcome.PERMANENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +119,9 @@ class FailoverPolicy:
         outcome = outcome_of(error)
         if not self.operation.idempotent:
             return Decision.RAISE
-        if outcome in ("transient", "timeout", "key_not_found"):
+        if outcome in (Outcome.TRANSIENT, Outcome.TIMEOUT, Outcome.KEY_NOT_FOUND):
             return Decision.NEXT_MEMBER
-        if outcome == "integrity":
+        if outcome is Outcome.INTEGRITY:
             return Decision.VERIFY_ELSEWHERE
         return Decision.RAISE
 
@@ -118,11 +134,11 @@ def exhausted(policy: FailoverPolicy, last: HSMError | None) -> HSMError:
     Anything else failed for want of a working member.
     """
     outcomes = {a.outcome for a in policy.history}
-    if last is not None and "integrity" in outcomes:
+    if last is not None and Outcome.INTEGRITY in outcomes:
         if isinstance(last, InvalidCiphertext):
             return last
-        return InvalidCiphertext("ciphertext does not verify", reason="integrity")
-    if last is not None and outcomes == {"key_not_found"}:
+        return InvalidCiphertext("ciphertext does not verify", reason=Reason.INTEGRITY)
+    if last is not None and outcomes == {Outcome.KEY_NOT_FOUND}:
         return last
     tried = "; ".join(str(a) for a in policy.history) or "no member was available"
     return ClusterUnavailable(

@@ -47,7 +47,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hsm.context import MAX_ENCODED, MAX_PAIRS, decode_context
-from hsm.errors import InvalidCiphertext, InvalidContext, InvalidInput
+from hsm.errors import InvalidCiphertext, InvalidContext, InvalidInput, Reason
 from hsm.keys.blob import MAX_SIZE as MAX_BLOB
 from hsm.keys.blob import MIN_SIZE as MIN_BLOB
 from hsm.keys.blob import parse_blob
@@ -149,7 +149,7 @@ def write_header(frame_size: int, blob: bytes, context_bytes: bytes,
 
 
 def _malformed(what: str) -> InvalidCiphertext:
-    return InvalidCiphertext(f"not a valid hsm envelope message: {what}", reason="malformed")
+    return InvalidCiphertext(f"not a valid hsm envelope message: {what}", reason=Reason.MALFORMED)
 
 
 def _read_full(src: Readable, size: int) -> bytes:
@@ -172,7 +172,7 @@ def _read_full(src: Readable, size: int) -> bytes:
 def _read_exactly(src: Readable, size: int, what: str) -> bytes:
     data = _read_full(src, size)
     if len(data) != size:
-        raise InvalidCiphertext(f"message is truncated (in the {what})", reason="truncated")
+        raise InvalidCiphertext(f"message is truncated (in the {what})", reason=Reason.TRUNCATED)
     return bytes(data)
 
 
@@ -213,12 +213,12 @@ def check_header(header: Header, data_key: bytes | bytearray) -> MessageKeys:
     keys = message_keys(data_key, header.message_id)
     if not hmac.compare_digest(keys.commitment, header.commitment):
         raise InvalidCiphertext("ciphertext does not verify (key commitment)",
-                                reason="commitment")
+                                reason=Reason.COMMITMENT)
     try:
         keys.aead.decrypt(_HEADER_NONCE, header.tag, header.raw)
     except InvalidTag:
         raise InvalidCiphertext("ciphertext does not verify (header)",
-                                reason="header_tag") from None
+                                reason=Reason.HEADER_TAG) from None
     return keys
 
 
@@ -258,7 +258,8 @@ def decrypt_frames(src: Readable, keys: MessageKeys, header: Header,
     while True:
         kind = src.read(1)
         if not kind:
-            raise InvalidCiphertext("message is truncated (no final frame)", reason="truncated")
+            raise InvalidCiphertext("message is truncated (no final frame)",
+                                    reason=Reason.TRUNCATED)
         if kind == b"\x00":
             length = frame_size
         elif kind == b"\x01":
@@ -273,13 +274,13 @@ def decrypt_frames(src: Readable, keys: MessageKeys, header: Header,
                                      _aad(message_id, seq, kind[0], length))
         except InvalidTag:
             raise InvalidCiphertext("ciphertext does not verify (frame)",
-                                    reason="frame_tag") from None
+                                    reason=Reason.FRAME_TAG) from None
         if on_frame is not None:
             on_frame(len(body) + (1 if kind == b"\x00" else 5))
         yield plaintext
         if kind == b"\x01":
             if src.read(1):
-                raise InvalidCiphertext("bytes after the final frame", reason="trailing")
+                raise InvalidCiphertext("bytes after the final frame", reason=Reason.TRAILING)
             return
         seq += 1
         if seq > MAX_FRAMES:

@@ -23,7 +23,7 @@ from hsm.envelope.format import (
     read_header,
     write_header,
 )
-from hsm.errors import ContextMismatch, InvalidCiphertext, InvalidInput
+from hsm.errors import ContextMismatch, InvalidCiphertext, InvalidInput, Reason
 from hsm.keys import DataKey
 
 __all__ = [
@@ -108,7 +108,7 @@ def open_message(src: BinaryIO, unwrap: Unwrapper,
     try:
         if len(data_key) != DATA_KEY_SIZE:  # a sealed blob, but not an envelope data key
             raise InvalidCiphertext("not a valid hsm envelope message: the sealed key is not "
-                                    "a data key", reason="malformed")
+                                    "a data key", reason=Reason.MALFORMED)
         return header, check_header(header, data_key)
     finally:
         data_key[:] = bytes(len(data_key))

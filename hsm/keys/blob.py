@@ -17,7 +17,7 @@ context can be changed without the tag failing. The context itself is not stored
 caller must present it again to unseal.
 
 Parsing checks the magic, version, algorithm and length before anything else; every
-malformed blob gives :class:`~hsm.errors.InvalidCiphertext` with ``reason="malformed"``.
+malformed blob gives :class:`~hsm.errors.InvalidCiphertext` with ``reason=Reason.MALFORMED``.
 
 Two kinds of blob share this layout (:class:`BlobKind`), told apart by the magic:
 :data:`SEALED_KEY` (``b"HSMK"``, 1 .. 1024 bytes of data key, what ``wrap`` and
@@ -33,7 +33,7 @@ import struct
 import uuid
 from typing import NamedTuple
 
-from hsm.errors import InvalidCiphertext
+from hsm.errors import InvalidCiphertext, Reason
 
 __all__ = [
     "DIRECT",
@@ -130,25 +130,25 @@ def parse_fields(data: bytes, kind: BlobKind = SEALED_KEY,
     what every unwrap calls, without building a named tuple."""
     if type(data) is not bytes:
         if not isinstance(data, bytes | bytearray | memoryview):
-            raise InvalidCiphertext(f"{kind.name} must be bytes", reason="malformed")
+            raise InvalidCiphertext(f"{kind.name} must be bytes", reason=Reason.MALFORMED)
         data = bytes(data)
     if not kind.min_size <= len(data) <= kind.max_size:
         if data[:4] in _BY_MAGIC and data[:4] != kind.magic:
             raise _wrong_kind(data[:4], kind)  # say what it is rather than "impossible length"
-        raise InvalidCiphertext(f"{kind.name} has an impossible length", reason="malformed")
+        raise InvalidCiphertext(f"{kind.name} has an impossible length", reason=Reason.MALFORMED)
     magic, fmt, alg, key_uuid, version, iv = _unpack_header(data)
     if magic != kind.magic:
         raise _wrong_kind(magic, kind)
     if fmt != FORMAT_VERSION:
-        raise InvalidCiphertext(f"unknown {kind.name} format {fmt}", reason="malformed")
+        raise InvalidCiphertext(f"unknown {kind.name} format {fmt}", reason=Reason.MALFORMED)
     if alg != ALG_AES256_GCM or version < 1:
-        raise InvalidCiphertext(f"{kind.name} header is invalid", reason="malformed")
+        raise InvalidCiphertext(f"{kind.name} header is invalid", reason=Reason.MALFORMED)
     return key_uuid, version, iv, data[HEADER_SIZE:], data[:HEADER_SIZE]
 
 
 def _wrong_kind(magic: bytes, kind: BlobKind) -> InvalidCiphertext:
     other = _BY_MAGIC.get(magic)
     if other is None:
-        return InvalidCiphertext(f"not {kind.noun}", reason="malformed")
+        return InvalidCiphertext(f"not {kind.noun}", reason=Reason.MALFORMED)
     return InvalidCiphertext(f"not {kind.noun}: this is {other.noun} (opened by "
-                             f"{other.opener}, not {kind.opener})", reason="malformed")
+                             f"{other.opener}, not {kind.opener})", reason=Reason.MALFORMED)

@@ -33,6 +33,7 @@ from hsm.errors import (
     KeyNotFound,
     MechanismUnsupported,
     OperationFailed,
+    Reason,
     UnsafeKey,
 )
 from hsm.keys.blob import ALG_AES256_GCM as _ALG
@@ -140,7 +141,7 @@ class Keyring:
     @property
     def mechanisms(self) -> Mechanisms:
         if self._mechanisms is None:
-            raise OperationFailed("keyring is not open", reason="not_open")
+            raise OperationFailed("keyring is not open", reason=Reason.NOT_OPEN)
         return self._mechanisms
 
     # -- master keys -----------------------------------------------------------------------
@@ -163,7 +164,7 @@ class Keyring:
         with self.pool.session() as lease:
             if not fresh and self._find_label(lease, label):
                 raise OperationFailed(f"token {self.pool.selector} already holds master key "
-                                      f"{key_id} version {version}", reason="key_exists")
+                                      f"{key_id} version {version}", reason=Reason.KEY_EXISTS)
             with translated("create key"):
                 obj = lease.session.generate_key(
                     KeyType.AES, 256, label=label, id=cka_id, store=True,
@@ -262,7 +263,7 @@ class Keyring:
                 raise OperationFailed(
                     f"master key {uuid.UUID(bytes=kid)} version {version} is not replicable "
                     "(it was created non-extractable): it can never leave the HSM, not even "
-                    "wrapped", reason="not_replicable",
+                    "wrapped", reason=Reason.NOT_REPLICABLE,
                 )
             wrapper = find_wrapping_key(lease.session, wrapping_key_label)
             if wrapper is None:
@@ -297,7 +298,7 @@ class Keyring:
             raise InvalidInput(f"wrapped key must be bytes, not {type(wrapped).__name__}")
         data = bytes(wrapped)
         if len(data) != _EXPORT_LEN:
-            raise InvalidCiphertext("ciphertext does not verify", reason="wrapped_key_length")
+            raise InvalidCiphertext("ciphertext does not verify", reason=Reason.WRAPPED_KEY_LENGTH)
         want = expected_kcv.lower() if expected_kcv is not None else None
         mechanism = pkcs11_mechanism(WrapMechanism.KW, self.mechanisms, length=32)
         label, cka_id, template = create_template(key_id, version, replicable=True)
@@ -310,7 +311,7 @@ class Keyring:
                     raise OperationFailed(
                         f"token {self.pool.selector} already holds master key {key_id} version "
                         f"{version} with kcv {info.kcv}, not {want}; it is left as it is",
-                        reason="kcv_mismatch",
+                        reason=Reason.KCV_MISMATCH,
                     )
                 return info
             wrapper = find_wrapping_key(lease.session, wrapping_key_label)
@@ -330,7 +331,8 @@ class Keyring:
                 with translated("key check value"):
                     kcv = self._kcv(obj)
                 if want is not None and kcv != want:
-                    raise InvalidCiphertext("ciphertext does not verify", reason="kcv_mismatch")
+                    raise InvalidCiphertext("ciphertext does not verify",
+                                            reason=Reason.KCV_MISMATCH)
             except BaseException:
                 _destroy_quietly(obj, label)
                 raise
@@ -498,7 +500,7 @@ class Keyring:
                               f"{self.pool.selector}")
         if len(found) > 1:
             raise OperationFailed(f"{len(found)} objects are labelled {label}; "
-                                  "refusing to guess", reason="duplicate_key")
+                                  "refusing to guess", reason=Reason.DUPLICATE_KEY)
         obj = found[0]
         if (kid, version, lease.generation) not in self._verified:
             self._check(obj, label, allow_unsafe=self.allow_unsafe_keys)

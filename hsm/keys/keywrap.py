@@ -38,6 +38,7 @@ from hsm.errors import (
     KeyNotFound,
     MechanismUnsupported,
     OperationFailed,
+    Reason,
 )
 from hsm.keys.keyring import Keyring
 from hsm.keys.master import (
@@ -217,7 +218,7 @@ def _blob_bytes(wrapped: object, which: WrapMechanism) -> bytes:
     data = bytes(wrapped)
     shortest = 24 if which is WrapMechanism.KW else 16
     if len(data) % 8 or len(data) < shortest:
-        raise InvalidCiphertext("ciphertext does not verify", reason="wrapped_key_length")
+        raise InvalidCiphertext("ciphertext does not verify", reason=Reason.WRAPPED_KEY_LENGTH)
     return data
 
 
@@ -248,7 +249,7 @@ def _find_secret(session: Any, label: str, role: str) -> Any:
         raise KeyNotFound(f"no {role} labelled {label!r} on the token")
     if len(found) > 1:
         raise OperationFailed(f"{len(found)} secret keys are labelled {label!r}; refusing to "
-                              "guess which is the " + role, reason="duplicate_key")
+                              "guess which is the " + role, reason=Reason.DUPLICATE_KEY)
     return found[0]
 
 

@@ -50,6 +50,7 @@ from hsm.errors import (
     InvalidInput,
     OperationFailed,
     PinIncorrect,
+    Reason,
 )
 from hsm.pkcs11 import Module, Secret, TokenSelector, translate_error, translated
 
@@ -169,7 +170,8 @@ def find_wrapping_key(session: Any, label: str = CLUSTER_WRAP_LABEL) -> Any | No
         return None
     if len(found) > 1:
         raise OperationFailed(f"{len(found)} secret keys are labelled {label!r}; refusing to "
-                              "guess which is the cluster wrapping key", reason="duplicate_key")
+                              "guess which is the cluster wrapping key",
+                              reason=Reason.DUPLICATE_KEY)
     key = found[0]
     with translated("read wrapping key attributes"):
         trusted = _bool_attribute(key, Attribute.TRUSTED)
@@ -177,7 +179,7 @@ def find_wrapping_key(session: Any, label: str = CLUSTER_WRAP_LABEL) -> Any | No
         raise OperationFailed(
             f"the key labelled {label!r} is not marked trusted (CKA_TRUSTED): it was not made "
             "by `hsm cluster init`; have the security officer remove it and run the ceremony",
-            reason="wrapping_key_untrusted",
+            reason=Reason.WRAPPING_KEY_UNTRUSTED,
         )
     return key
 
@@ -186,7 +188,7 @@ def no_wrapping_key(label: str, token: object) -> OperationFailed:
     """The error for a token that holds no cluster wrapping key."""
     return OperationFailed(
         f"no cluster wrapping key {label!r} on token {token}: run `hsm cluster init` (the "
-        "security officer's ceremony) before replicating keys", reason="no_wrapping_key",
+        "security officer's ceremony) before replicating keys", reason=Reason.NO_WRAPPING_KEY,
     )
 
 
@@ -254,13 +256,13 @@ class OfficerSession:
                 f"token {self.name}: the security officer can't log in while this process "
                 "holds a user login to the token (PKCS#11 login is per token per "
                 "application); run the ceremony before any client opens this member, or "
-                "close those clients first", reason="user_logged_in",
+                "close those clients first", reason=Reason.USER_LOGGED_IN,
             )
         if isinstance(exc, p11e.SessionReadOnlyExists):
             return OperationFailed(
                 f"token {self.name}: the security officer can't log in while read-only "
                 "sessions are open on the token in this process; close them first",
-                reason="session_read_only_exists",
+                reason=Reason.SESSION_READ_ONLY_EXISTS,
             )
         error = translate_error(exc, "security officer login")
         if isinstance(error, PinIncorrect):
@@ -274,13 +276,13 @@ class OfficerSession:
         session."""
         if self._session is None:
             raise OperationFailed(f"token {self.name}: no security officer session",
-                                  reason="not_open")
+                                  reason=Reason.NOT_OPEN)
         with self.module.using() as generation:
             if generation != self._generation:
                 raise HSMUnavailable(
                     f"token {self.name}: the module was re-initialized during the ceremony "
                     "(the security officer's login is gone); run it again",
-                    reason="recovering",
+                    reason=Reason.RECOVERING,
                 )
             with translated(operation, integrity=integrity):
                 yield self._session
@@ -315,13 +317,13 @@ class OfficerSession:
                 f"token {self.name}: the key labelled {label!r} is not a cluster wrapping key "
                 f"as `hsm cluster init` makes them ({', '.join(wrong)}); it is left alone: "
                 "have the security officer remove it, then run the ceremony",
-                reason="wrapping_key_unsafe",
+                reason=Reason.WRAPPING_KEY_UNSAFE,
             )
         kcv = self._check_value(key)
         if not kcv:
             raise OperationFailed(
                 f"token {self.name}: the module reports no check value for the cluster "
-                "wrapping key, so copies can't be compared", reason="no_check_value",
+                "wrapping key, so copies can't be compared", reason=Reason.NO_CHECK_VALUE,
             )
         return kcv
 
@@ -364,7 +366,7 @@ class OfficerSession:
             if kcv and kcv != want:
                 raise OperationFailed(
                     f"token {self.name}: the new cluster wrapping key reports kcv {kcv}, its "
-                    f"material has {want}", reason="kcv_mismatch",
+                    f"material has {want}", reason=Reason.KCV_MISMATCH,
                 )
         except BaseException:
             self._destroy_quietly(key, label)
@@ -379,7 +381,7 @@ class OfficerSession:
         key = self._find(label)
         if key is None:
             raise OperationFailed(f"token {self.name}: no cluster wrapping key {label!r}",
-                                  reason="no_wrapping_key")
+                                  reason=Reason.NO_WRAPPING_KEY)
         self._self_test(key, material)
 
     def destroy_wrapping_key(self, kcv: str, label: str = CLUSTER_WRAP_LABEL) -> bool:
@@ -408,7 +410,7 @@ class OfficerSession:
             raise OperationFailed(
                 f"token {self.name}: {len(found)} secret keys are labelled {label!r}; "
                 "have the security officer remove all but the cluster wrapping key",
-                reason="duplicate_key",
+                reason=Reason.DUPLICATE_KEY,
             )
         return found[0] if found else None
 
@@ -439,7 +441,7 @@ class OfficerSession:
             raise OperationFailed(
                 f"token {self.name}: the cluster wrapping key failed its test: a blob made "
                 f"under the ceremony's key material does not unwrap under it ({exc.message})",
-                reason="wrapping_key_test_failed",
+                reason=Reason.WRAPPING_KEY_TEST_FAILED,
             ) from exc
         self._destroy_quietly(copy, "self-test key")
         readable = {Attribute.TOKEN: False, Attribute.PRIVATE: False,
@@ -456,7 +458,7 @@ class OfficerSession:
             f"token {self.name}: the module ignores CKA_UNWRAP_TEMPLATE (it unwrapped a key "
             "under the cluster wrapping key into a readable one): anyone with the user PIN "
             "could read replicated master keys; not using this module for replication",
-            reason="unwrap_template_ignored",
+            reason=Reason.UNWRAP_TEMPLATE_IGNORED,
         )
 
     def _destroy_quietly(self, key: Any, what: str) -> None:
@@ -491,7 +493,7 @@ def establish_wrapping_key(module: Module, selector: TokenSelector, so_pin: Secr
             raise OperationFailed(
                 f"token {shown} already holds a cluster wrapping key {label!r} with kcv "
                 f"{have}, not {want}; the ceremony never replaces one",
-                reason="wrapping_key_mismatch",
+                reason=Reason.WRAPPING_KEY_MISMATCH,
             )
         officer.verify_wrapping_key(material, label)
         return have

@@ -26,7 +26,7 @@ from typing import Any
 import pkcs11
 import pkcs11.exceptions as p11e
 
-from hsm.errors import HSMUnavailable, ModuleLoadError, TokenNotFound
+from hsm.errors import HSMUnavailable, ModuleLoadError, Reason, TokenNotFound
 from hsm.pkcs11.oslocking import OSLockingError, enable_os_locking, finalize_module
 from hsm.pkcs11.translate import translate_error, translated
 
@@ -197,7 +197,7 @@ class Module:
         except OSLockingError as exc:
             if not exc.initialized:
                 raise HSMUnavailable(f"PKCS#11 module {self.path} failed to initialize ({exc})",
-                                     reason="not_initialized") from None
+                                     reason=Reason.NOT_INITIALIZED) from None
             log.warning("module %s refused OS locking (%s); serializing every call to it",
                         self.path, exc)
             self.os_locking = False
@@ -214,7 +214,7 @@ class Module:
     @property
     def lib(self) -> Any:
         if self._lib is None:
-            raise HSMUnavailable(f"PKCS#11 module {self.path} was released", reason="released")
+            raise HSMUnavailable(f"PKCS#11 module {self.path} was released", reason=Reason.RELEASED)
         return self._lib
 
     # -- calls in flight ------------------------------------------------------------------
@@ -274,7 +274,7 @@ class Module:
             if wait > 0:
                 raise HSMUnavailable(
                     f"PKCS#11 module {self.path} is recovering; next attempt in {wait:.1f}s",
-                    reason="recovering",
+                    reason=Reason.RECOVERING,
                 )
             self._last_reinit = now
             self._drain_locked(drain_timeout)
@@ -306,7 +306,7 @@ class Module:
                 self._cond.notify_all()
                 raise HSMUnavailable(
                     f"PKCS#11 module {self.path} has calls that never returned",
-                    reason="hung_calls",
+                    reason=Reason.HUNG_CALLS,
                 )
             # Pools lending on the fast path don't notify: poll them.
             self._cond.wait(min(left, 0.002))

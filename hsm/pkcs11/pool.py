@@ -26,7 +26,14 @@ from typing import Any
 
 import pkcs11.exceptions as p11e
 
-from hsm.errors import HSMError, HSMUnavailable, OperationFailed, PinIncorrect, TokenNotFound
+from hsm.errors import (
+    HSMError,
+    HSMUnavailable,
+    OperationFailed,
+    PinIncorrect,
+    Reason,
+    TokenNotFound,
+)
 from hsm.pkcs11.module import Module, TokenSelector
 from hsm.pkcs11.pin import PinSource, Secret
 from hsm.pkcs11.translate import Recovery, recovery_for, translated
@@ -134,7 +141,7 @@ class SessionPool:
                 ):
                     raise PinIncorrect(
                         f"PIN for token {selector} differs from the one this process "
-                        "logged in with", reason="pin_incorrect",
+                        "logged in with", reason=Reason.PIN_INCORRECT,
                     )
                 pool._refs += 1
                 return pool
@@ -219,12 +226,12 @@ class SessionPool:
                 if not (recover or self.inline_recovery):
                     raise HSMUnavailable(
                         f"token {self.selector} of {self.module.path} is broken; it is "
-                        "repaired by the next probe", reason="recovering")
+                        "repaired by the next probe", reason=Reason.RECOVERING)
                 self.module.reinitialize(generation)
             if self._login_generation == self.module.generation and self._login is not None:
                 return
             if self._pin is None:
-                raise OperationFailed("session pool is not open", reason="not_open")
+                raise OperationFailed("session pool is not open", reason=Reason.NOT_OPEN)
             with self.module.using() as generation:
                 try:
                     token = self.module.find_token(self.selector)
@@ -238,7 +245,7 @@ class SessionPool:
                     # It was there before: the token is lost for now, not misconfigured.
                     self._broken_generation = generation
                     self._fast_generation = -1
-                    raise HSMUnavailable(str(exc), reason="token_lost") from None
+                    raise HSMUnavailable(str(exc), reason=Reason.TOKEN_LOST) from None
                 try:
                     with translated("login"):
                         login = token.open(rw=True, user_pin=self._pin.reveal())
@@ -249,7 +256,7 @@ class SessionPool:
                     if isinstance(exc.__cause__, p11e.UserAlreadyLoggedIn):
                         raise OperationFailed(
                             f"token {self.selector} is already logged in by other code in this "
-                            "process; let hsm own the login", reason="already_logged_in",
+                            "process; let hsm own the login", reason=Reason.ALREADY_LOGGED_IN,
                         ) from None
                     raise
             with self._lock:
@@ -285,7 +292,7 @@ class SessionPool:
         for the module, enter it counted, then take a slot again.
         """
         if self._closed:
-            raise OperationFailed("session pool is closed", reason="closed")
+            raise OperationFailed("session pool is closed", reason=Reason.CLOSED)
         try:
             self._slots.get(timeout=self.acquire_timeout)
         except queue.Empty:
@@ -327,7 +334,7 @@ class SessionPool:
     def _exhausted(self) -> HSMUnavailable:
         return HSMUnavailable(
             f"no session free on token {self.selector} after {self.acquire_timeout}s",
-            reason="pool_exhausted",
+            reason=Reason.POOL_EXHAUSTED,
         )
 
     def give_back(self, lease: Lease, exc: BaseException | None, entered: bool) -> None:
@@ -379,7 +386,8 @@ class SessionPool:
                     module.call_lock.acquire()
                 return generation
             module.exit()
-        raise HSMUnavailable(f"module {module.path} keeps re-initializing", reason="recovering")
+        raise HSMUnavailable(f"module {module.path} keeps re-initializing",
+                             reason=Reason.RECOVERING)
 
     def _leave(self) -> None:
         call_lock = self.module.call_lock

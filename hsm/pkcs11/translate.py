@@ -25,6 +25,7 @@ from hsm.errors import (
     MechanismUnsupported,
     OperationFailed,
     PinIncorrect,
+    Reason,
 )
 
 __all__ = ["Recovery", "recovery_for", "translate_error", "translated"]
@@ -39,47 +40,48 @@ class Recovery(enum.Enum):
     MODULE = "module"  # the module or token is gone: finalize + initialize + login
 
 
-_ROWS: tuple[tuple[type[Exception], type[HSMError], str, Recovery], ...] = (
-    (p11e.PinIncorrect, PinIncorrect, "pin_incorrect", Recovery.NONE),
-    (p11e.PinInvalid, PinIncorrect, "pin_invalid", Recovery.NONE),
-    (p11e.PinLenRange, PinIncorrect, "pin_length", Recovery.NONE),
-    (p11e.PinExpired, PinIncorrect, "pin_expired", Recovery.NONE),
-    (p11e.PinLocked, PinIncorrect, "pin_locked", Recovery.NONE),
-    (p11e.UserPinNotInitialized, PinIncorrect, "pin_not_initialized", Recovery.NONE),
-    (p11e.DeviceRemoved, HSMUnavailable, "device_removed", Recovery.MODULE),
-    (p11e.TokenNotPresent, HSMUnavailable, "token_not_present", Recovery.MODULE),
-    (p11e.TokenNotRecognised, HSMUnavailable, "token_not_recognised", Recovery.MODULE),
-    (p11e.DeviceError, HSMUnavailable, "device_error", Recovery.SESSION),
-    (p11e.DeviceMemory, HSMUnavailable, "device_memory", Recovery.NONE),
-    (p11e.HostMemory, HSMUnavailable, "host_memory", Recovery.NONE),
-    (p11e.SessionHandleInvalid, HSMUnavailable, "session_handle_invalid", Recovery.SESSION),
-    (p11e.SessionClosed, HSMUnavailable, "session_closed", Recovery.SESSION),
-    (p11e.SessionCount, HSMUnavailable, "session_count", Recovery.NONE),
-    (p11e.UserNotLoggedIn, HSMUnavailable, "not_logged_in", Recovery.MODULE),
-    (p11e.FunctionFailed, HSMUnavailable, "function_failed", Recovery.NONE),
-    (p11e.OperationActive, HSMUnavailable, "operation_active", Recovery.SESSION),
-    (p11e.FunctionCancelled, HSMUnavailable, "function_cancelled", Recovery.NONE),
-    (p11e.KeyHandleInvalid, HSMUnavailable, "key_handle_invalid", Recovery.KEYS),
-    (p11e.ObjectHandleInvalid, HSMUnavailable, "object_handle_invalid", Recovery.KEYS),
-    (p11e.WrappingKeyHandleInvalid, HSMUnavailable, "key_handle_invalid", Recovery.KEYS),
-    (p11e.UnwrappingKeyHandleInvalid, HSMUnavailable, "key_handle_invalid", Recovery.KEYS),
-    (p11e.EncryptedDataInvalid, InvalidCiphertext, "encrypted_data_invalid", Recovery.NONE),
-    (p11e.EncryptedDataLenRange, InvalidCiphertext, "encrypted_data_length", Recovery.NONE),
-    (p11e.WrappedKeyInvalid, InvalidCiphertext, "wrapped_key_invalid", Recovery.NONE),
-    (p11e.WrappedKeyLenRange, InvalidCiphertext, "wrapped_key_length", Recovery.NONE),
-    (p11e.MechanismInvalid, MechanismUnsupported, "mechanism_invalid", Recovery.NONE),
-    (p11e.MechanismParamInvalid, MechanismUnsupported, "mechanism_param_invalid", Recovery.NONE),
-    (p11e.FunctionNotSupported, MechanismUnsupported, "function_not_supported", Recovery.NONE),
-    (p11e.KeyUnextractable, OperationFailed, "key_unextractable", Recovery.NONE),
-    (p11e.KeyNotWrappable, OperationFailed, "key_not_wrappable", Recovery.NONE),
-    (p11e.ArgumentsBad, InvalidInput, "arguments_bad", Recovery.NONE),
-    (p11e.DataLenRange, InvalidInput, "data_length", Recovery.NONE),
-    (p11e.DataInvalid, InvalidInput, "data_invalid", Recovery.NONE),
+_ROWS: tuple[tuple[type[Exception], type[HSMError], Reason, Recovery], ...] = (
+    (p11e.PinIncorrect, PinIncorrect, Reason.PIN_INCORRECT, Recovery.NONE),
+    (p11e.PinInvalid, PinIncorrect, Reason.PIN_INVALID, Recovery.NONE),
+    (p11e.PinLenRange, PinIncorrect, Reason.PIN_LENGTH, Recovery.NONE),
+    (p11e.PinExpired, PinIncorrect, Reason.PIN_EXPIRED, Recovery.NONE),
+    (p11e.PinLocked, PinIncorrect, Reason.PIN_LOCKED, Recovery.NONE),
+    (p11e.UserPinNotInitialized, PinIncorrect, Reason.PIN_NOT_INITIALIZED, Recovery.NONE),
+    (p11e.DeviceRemoved, HSMUnavailable, Reason.DEVICE_REMOVED, Recovery.MODULE),
+    (p11e.TokenNotPresent, HSMUnavailable, Reason.TOKEN_NOT_PRESENT, Recovery.MODULE),
+    (p11e.TokenNotRecognised, HSMUnavailable, Reason.TOKEN_NOT_RECOGNISED, Recovery.MODULE),
+    (p11e.DeviceError, HSMUnavailable, Reason.DEVICE_ERROR, Recovery.SESSION),
+    (p11e.DeviceMemory, HSMUnavailable, Reason.DEVICE_MEMORY, Recovery.NONE),
+    (p11e.HostMemory, HSMUnavailable, Reason.HOST_MEMORY, Recovery.NONE),
+    (p11e.SessionHandleInvalid, HSMUnavailable, Reason.SESSION_HANDLE_INVALID, Recovery.SESSION),
+    (p11e.SessionClosed, HSMUnavailable, Reason.SESSION_CLOSED, Recovery.SESSION),
+    (p11e.SessionCount, HSMUnavailable, Reason.SESSION_COUNT, Recovery.NONE),
+    (p11e.UserNotLoggedIn, HSMUnavailable, Reason.NOT_LOGGED_IN, Recovery.MODULE),
+    (p11e.FunctionFailed, HSMUnavailable, Reason.FUNCTION_FAILED, Recovery.NONE),
+    (p11e.OperationActive, HSMUnavailable, Reason.OPERATION_ACTIVE, Recovery.SESSION),
+    (p11e.FunctionCancelled, HSMUnavailable, Reason.FUNCTION_CANCELLED, Recovery.NONE),
+    (p11e.KeyHandleInvalid, HSMUnavailable, Reason.KEY_HANDLE_INVALID, Recovery.KEYS),
+    (p11e.ObjectHandleInvalid, HSMUnavailable, Reason.OBJECT_HANDLE_INVALID, Recovery.KEYS),
+    (p11e.WrappingKeyHandleInvalid, HSMUnavailable, Reason.KEY_HANDLE_INVALID, Recovery.KEYS),
+    (p11e.UnwrappingKeyHandleInvalid, HSMUnavailable, Reason.KEY_HANDLE_INVALID, Recovery.KEYS),
+    (p11e.EncryptedDataInvalid, InvalidCiphertext, Reason.ENCRYPTED_DATA_INVALID, Recovery.NONE),
+    (p11e.EncryptedDataLenRange, InvalidCiphertext, Reason.ENCRYPTED_DATA_LENGTH, Recovery.NONE),
+    (p11e.WrappedKeyInvalid, InvalidCiphertext, Reason.WRAPPED_KEY_INVALID, Recovery.NONE),
+    (p11e.WrappedKeyLenRange, InvalidCiphertext, Reason.WRAPPED_KEY_LENGTH, Recovery.NONE),
+    (p11e.MechanismInvalid, MechanismUnsupported, Reason.MECHANISM_INVALID, Recovery.NONE),
+    (p11e.MechanismParamInvalid, MechanismUnsupported, Reason.MECHANISM_PARAM_INVALID,
+     Recovery.NONE),
+    (p11e.FunctionNotSupported, MechanismUnsupported, Reason.FUNCTION_NOT_SUPPORTED, Recovery.NONE),
+    (p11e.KeyUnextractable, OperationFailed, Reason.KEY_UNEXTRACTABLE, Recovery.NONE),
+    (p11e.KeyNotWrappable, OperationFailed, Reason.KEY_NOT_WRAPPABLE, Recovery.NONE),
+    (p11e.ArgumentsBad, InvalidInput, Reason.ARGUMENTS_BAD, Recovery.NONE),
+    (p11e.DataLenRange, InvalidInput, Reason.DATA_LENGTH, Recovery.NONE),
+    (p11e.DataInvalid, InvalidInput, Reason.DATA_INVALID, Recovery.NONE),
 )
 
 _RECOVERY_BY_REASON = {reason: recovery for _, _, reason, recovery in _ROWS}
-_RECOVERY_BY_REASON["not_initialized"] = Recovery.MODULE
-_RECOVERY_BY_REASON["general_error"] = Recovery.MODULE
+_RECOVERY_BY_REASON[Reason.NOT_INITIALIZED] = Recovery.MODULE
+_RECOVERY_BY_REASON[Reason.GENERAL_ERROR] = Recovery.MODULE
 
 
 def recovery_for(error: HSMError) -> Recovery:
@@ -100,16 +102,17 @@ def translate_error(exc: p11e.PKCS11Error, operation: str, *, integrity: bool = 
             return target(f"{operation}: the HSM answered {type(exc).__name__}", reason=reason)
     if isinstance(exc, p11e.GeneralError):
         if integrity:
-            return InvalidCiphertext("ciphertext does not verify", reason="general_error")
-        return HSMUnavailable(f"{operation}: the HSM answered GeneralError", reason="general_error")
+            return InvalidCiphertext("ciphertext does not verify", reason=Reason.GENERAL_ERROR)
+        return HSMUnavailable(f"{operation}: the HSM answered GeneralError",
+                              reason=Reason.GENERAL_ERROR)
     text = str(exc)
     if "not initialized" in text.lower():
         return HSMUnavailable(
-            f"{operation}: the PKCS#11 module is not initialized", reason="not_initialized"
+            f"{operation}: the PKCS#11 module is not initialized", reason=Reason.NOT_INITIALIZED
         )
     return OperationFailed(
         f"{operation}: the HSM answered {type(exc).__name__}",
-        reason=type(exc).__name__.lower() or "pkcs11_error",
+        reason=Reason.PKCS11_ERROR,
     )
 
 

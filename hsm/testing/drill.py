@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import hsm
-from hsm.cluster import CallRecord, HSMMember, State
+from hsm.cluster import CallRecord, HSMMember, Outcome, State
 from hsm.errors import HSMError, InvalidInput
 from hsm.testing.faults import FaultInjector
 from hsm.testing.softhsm import Harness, harness_down, harness_up, load_harness
@@ -336,7 +336,7 @@ def _summarize(report: DrillReport, records: list[_Record], calls: list[CallReco
         # Calls running at the fault or started before the next event (or WINDOW s).
         window = [r.ms for r in records if r.at + r.ms / 1000 >= at and r.at < end]
         served = sorted(c.started - start for c in calls
-                        if c.outcome == "ok" and c.member != event.member
+                        if c.outcome is Outcome.OK and c.member != event.member
                         and c.started - start >= at)
         report.faults.append({
             "at_s": round(at, 3), "member": event.member, "fault": event.action,

@@ -31,6 +31,7 @@ from hsm.errors import (
     InvalidInput,
     KeyNotFound,
     OperationFailed,
+    Reason,
 )
 from hsm.keys import DataKey, KeyInfo
 from hsm.keys.blob import DIRECT, SEALED_KEY, BlobKind, SealedBlob, parse_blob
@@ -68,7 +69,7 @@ class FakeMember:
 
     def fail(self, error: HSMError | None = None) -> None:
         self._error = error or HSMUnavailable(f"{self.name}: device error",
-                                              reason="device_error")
+                                              reason=Reason.DEVICE_ERROR)
 
     def fail_next(self, count: int = 1, error: HSMError | None = None) -> None:
         self._fail_next = count
@@ -94,7 +95,7 @@ class FakeMember:
             if self._fail_next > 0:
                 self._fail_next -= 1
                 raise self._next_error or HSMUnavailable(f"{self.name}: function failed",
-                                                         reason="function_failed")
+                                                         reason=Reason.FUNCTION_FAILED)
         self._hang.wait()
         if self._error is not None:
             raise self._error
@@ -116,12 +117,12 @@ class FakeMember:
             return self.keys[(key_id, version)]
         except KeyError:
             raise KeyNotFound(f"no master key {key_id} version {version} on {self.name}",
-                              reason="key_not_found") from None
+                              reason=Reason.KEY_NOT_FOUND) from None
 
     def _latest(self, key_id: str) -> int:
         versions = [v for k, v in self.keys if k == key_id]
         if not versions:
-            raise KeyNotFound(f"no master key {key_id} on {self.name}", reason="key_not_found")
+            raise KeyNotFound(f"no master key {key_id} on {self.name}", reason=Reason.KEY_NOT_FOUND)
         return max(versions)
 
     def _seal(self, key_id: str, plaintext: bytes, context: Any,
@@ -163,11 +164,11 @@ class FakeMember:
         ctx = encode_context(context)
         material = self._material(sealed.key_id, sealed.version)
         if self.corrupt:
-            raise InvalidCiphertext("ciphertext does not verify", reason="general_error")
+            raise InvalidCiphertext("ciphertext does not verify", reason=Reason.GENERAL_ERROR)
         try:
             return AESGCM(material).decrypt(sealed.iv, sealed.ciphertext, sealed.header + ctx)
         except Exception:  # cryptography's InvalidTag
-            raise InvalidCiphertext("ciphertext does not verify", reason="tag") from None
+            raise InvalidCiphertext("ciphertext does not verify", reason=Reason.TAG) from None
 
     def generate_random(self, size: int) -> bytes:
         self._enter("generate_random")
@@ -183,7 +184,7 @@ class FakeMember:
         self._enter("destroy_key")
         if self.keys.pop((key_id, version), None) is None:
             raise KeyNotFound(f"no master key {key_id} version {version}",
-                              reason="key_not_found")
+                              reason=Reason.KEY_NOT_FOUND)
 
     def list_keys(self) -> list[KeyInfo]:
         self._enter("list_keys")
@@ -209,12 +210,12 @@ class FakeMember:
                 material = aes_key_unwrap(self.cluster_key, wrapped)
             except InvalidUnwrap:
                 raise InvalidCiphertext("wrapped key does not verify",
-                                        reason="wrapped_key_invalid") from None
+                                        reason=Reason.WRAPPED_KEY_INVALID) from None
             if expected_kcv is not None and _kcv(material) != expected_kcv:
-                raise InvalidCiphertext("imported key has another KCV", reason="kcv_mismatch")
+                raise InvalidCiphertext("imported key has another KCV", reason=Reason.KCV_MISMATCH)
             self.keys[(key_id, version)] = material
         elif expected_kcv is not None and _kcv(existing) != expected_kcv:
-            raise OperationFailed("a different key is already there", reason="kcv_mismatch")
+            raise OperationFailed("a different key is already there", reason=Reason.KCV_MISMATCH)
         return KeyInfo(key_id, version, _kcv(self.keys[(key_id, version)]))
 
     def describe(self) -> dict[str, Any]:

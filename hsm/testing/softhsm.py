@@ -39,7 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from hsm.errors import HSMError
+from hsm.errors import HSMError, Reason
 
 __all__ = [
     "Harness",
@@ -85,7 +85,7 @@ _UTIL_TIMEOUT_S = 30.0
 class HarnessError(HSMError):
     """A harness can't be built, read or removed (SoftHSM missing, not a harness, ...)."""
 
-    default_reason = "harness"
+    default_reason = Reason.HARNESS
 
 
 @dataclass(frozen=True)

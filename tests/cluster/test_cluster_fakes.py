@@ -9,6 +9,7 @@ import pytest
 
 import hsm
 from hsm.cluster import Cluster, State
+from hsm.errors import Reason
 from hsm.testing.fakes import FakeMember
 
 CTX = {"tenant": "acme"}
@@ -204,7 +205,7 @@ def test_quorum_creation_and_pending_replication(three: tuple[Cluster, list[Fake
     cluster, (_a, _b, c) = three
     c.fail()
     cluster.generate_random(1)  # no effect on c: it is not asked
-    cluster.health["m2"].failed("device_error")
+    cluster.health["m2"].failed(Reason.DEVICE_ERROR)
     key = cluster.create_key()
     assert (key.key_id, 1) in cluster.pending["m2"]
     assert (key.key_id, 1) not in c.keys
@@ -236,7 +237,7 @@ def test_kcv_mismatch_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> Non
 
     def refuse(key_id: str, version: int, wrapped: bytes, *,
                expected_kcv: str | None = None) -> hsm.KeyInfo:
-        raise hsm.InvalidCiphertext("imported key has another KCV", reason="kcv_mismatch")
+        raise hsm.InvalidCiphertext("imported key has another KCV", reason=hsm.Reason.KCV_MISMATCH)
 
     b.import_key = refuse  # type: ignore[method-assign]
     with pytest.raises(hsm.ReplicationError, match="m1"):
@@ -293,7 +294,7 @@ def test_single_member_cluster_raises_the_members_error(clock: Clock) -> None:
 def test_wrong_configuration_fails_at_open(clock: Clock) -> None:
     """A permanent error while opening a member (a wrong PIN) fails the whole open."""
     a, b = FakeMember("a"), FakeMember("b")
-    b.fail(hsm.PinIncorrect("PIN refused", reason="pin_incorrect"))
+    b.fail(hsm.PinIncorrect("PIN refused", reason=hsm.Reason.PIN_INCORRECT))
     with pytest.raises(hsm.PinIncorrect):
         Cluster([a, b], monitor=False, clock=clock).open()
     assert not a.opened

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hsm.cluster.health import Health, State, Transition
+from hsm.errors import Reason
 
 
 class Clock:
@@ -24,18 +25,18 @@ def test_down_probe_backoff_and_readmission() -> None:
     changes: list[Transition] = []
     health = Health("a", clock=clock, probe_interval=1.0, max_probe_interval=4.0,
                     on_change=changes.append)
-    health.failed("device_error")
+    health.failed(Reason.DEVICE_ERROR)
     assert health.state is State.DOWN
     assert not health.probe_due()
     clock.now += 1.0
     assert health.probe_due()
-    health.probe_failed("device_error")  # next in 2 s
+    health.probe_failed(Reason.DEVICE_ERROR)  # next in 2 s
     clock.now += 1.9
     assert not health.probe_due()
     clock.now += 0.1
     assert health.probe_due()
-    health.probe_failed("x")  # 4 s
-    health.probe_failed("x")  # capped at 4 s
+    health.probe_failed(Reason.DEVICE_ERROR)  # 4 s
+    health.probe_failed(Reason.DEVICE_ERROR)  # capped at 4 s
     clock.now += 4.0
     assert health.probe_due()
     health.readmitted()
@@ -58,5 +59,5 @@ def test_a_hung_call_makes_a_member_suspect_until_it_returns() -> None:
     health.hung_call_returned(None)
     assert state(health) is State.HEALTHY
     health.timed_out()
-    health.hung_call_returned("device_error")
+    health.hung_call_returned(Reason.DEVICE_ERROR)
     assert state(health) is State.DOWN

@@ -12,6 +12,7 @@ import pytest
 import hsm
 from hsm.cluster import State
 from hsm.cluster.ceremony import init_cluster
+from hsm.errors import Reason
 from hsm.testing import Harness, harness_down, harness_up
 from hsm.testing.faults import FaultInjector
 
@@ -111,7 +112,7 @@ def test_a_member_down_at_creation_gets_the_key_on_return(
     harness, injector = cluster3
     with _open(harness) as client:
         injector.lose_token("hsm-c")
-        client.cluster.health["hsm-c"].failed("token lost")
+        client.cluster.health["hsm-c"].failed(Reason.TOKEN_LOST)
         key = client.create_key()
         assert (key.key_id, 1) in client.cluster.pending["hsm-c"]
         injector.heal("hsm-c")

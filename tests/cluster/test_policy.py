@@ -7,9 +7,9 @@ import pytest
 import hsm
 from hsm.cluster.policy import Attempt, Decision, FailoverPolicy, Operation, exhausted
 
-DEVICE = hsm.HSMUnavailable("x", reason="device_error")
+DEVICE = hsm.HSMUnavailable("x", reason=hsm.Reason.DEVICE_ERROR)
 BAD = hsm.InvalidCiphertext("x")
-MISSING = hsm.KeyNotFound("x", reason="key_not_found")
+MISSING = hsm.KeyNotFound("x", reason=hsm.Reason.KEY_NOT_FOUND)
 CONTEXT = hsm.InvalidContext("x")
 
 

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hsm import envelope
 from hsm.context import MAX_ENCODED, MAX_PAIRS, encode_context
 from hsm.envelope import format as fmt
-from hsm.errors import HSMError, InvalidCiphertext, InvalidInput, KeyNotFound
+from hsm.errors import HSMError, InvalidCiphertext, InvalidInput, KeyNotFound, Reason
 from hsm.keys import DataKey
 from hsm.keys.blob import MAX_SIZE as MAX_BLOB
 from hsm.keys.blob import MIN_SIZE as MIN_BLOB
@@ -77,7 +77,7 @@ class SoftSealer:
             return bytearray(AESGCM(self.master).decrypt(iv, sealed,
                                                          header + encode_context(context)))
         except InvalidTag:
-            raise InvalidCiphertext("ciphertext does not verify", reason="tag") from None
+            raise InvalidCiphertext("ciphertext does not verify", reason=Reason.TAG) from None
 
 
 class RecordingReader:

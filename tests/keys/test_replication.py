@@ -27,6 +27,7 @@ from hsm.errors import (
     InvalidInput,
     OperationFailed,
     PinIncorrect,
+    Reason,
     UnsafeKey,
 )
 from hsm.keys import Keyring
@@ -236,7 +237,7 @@ def test_failure_on_a_later_member_rolls_back_the_earlier_ones(
     def failing(self: OfficerSession, material: bytes | bytearray,
                 label: str = CLUSTER_WRAP_LABEL) -> str:
         if self.name == "hsm-b":
-            raise HSMUnavailable("injected: device error", reason="device_error")
+            raise HSMUnavailable("injected: device error", reason=Reason.DEVICE_ERROR)
         return create(self, material, label)
 
     monkeypatch.setattr(OfficerSession, "create_wrapping_key", failing)
