@@ -13,18 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from hsm import envelope
-from hsm.cluster import Cluster, HSMMember, VerifyReport
+from hsm.cluster import Cluster, HSMMember, Operation, VerifyReport
 from hsm.cluster.metrics import ClusterMetrics
 from hsm.config import Config, MemberConfig, load_config
 from hsm.context import encode_context
 from hsm.envelope.cache import CacheConfig, DataKeyCache
-from hsm.errors import OperationFailed, Reason
+from hsm.errors import HSMError, OperationFailed, Reason
 from hsm.keys import DataKey, KeyInfo, Keyring
 
 __all__ = ["Client", "MemberStatus", "member_status", "open"]
 
 _NOT_OPEN = "client is not open; use 'with hsm.open(...) as client'"
-_HOT = ("generate_data_key", "wrap", "unwrap")
+# The hot paths' operations as module constants: an Enum member lookup costs ~60 ns.
+_GENERATE_DATA_KEY, _WRAP, _UNWRAP = Operation.GENERATE_DATA_KEY, Operation.WRAP, Operation.UNWRAP
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class MemberStatus:
     keys: int = 0
     error: str = ""
     state: str = ""
+    reason: str = ""  # why the member is in that state (its last change)
     calls: int = 0
     errors: int = 0
     failovers: int = 0
@@ -59,6 +61,7 @@ class MemberStatus:
             "keys": self.keys,
             "error": self.error,
             "state": self.state,
+            "reason": self.reason,
             "calls": self.calls,
             "errors": self.errors,
             "failovers": self.failovers,
@@ -67,7 +70,7 @@ class MemberStatus:
         }
 
 
-def _status(name: str, module: str, info: dict[str, Any], **extra: Any) -> MemberStatus:
+def _status(name: str, module: str, info: Mapping[str, Any], **extra: Any) -> MemberStatus:
     return MemberStatus(
         name=name, module=module, token_label=info.get("token_label", ""),
         token_serial=info.get("token_serial", ""), reachable="error" not in info,
@@ -87,9 +90,10 @@ class Client:
         alone = len(config.members) == 1  # nowhere to fail over to: recover inside calls
         self.members = [HSMMember(m, allow_unsafe_keys=allow_unsafe_keys,
                                   inline_recovery=alone) for m in config.members]
-        self.cluster = Cluster(self.members, mode=config.cluster.mode,
+        self.cluster: Cluster[Keyring] = Cluster(self.members, mode=config.cluster.mode,
                                quorum=config.cluster.quorum,
                                deadline_ms=config.cluster.deadline_ms, monitor=monitor)
+        self._router = self.cluster.router  # the hot paths call its seam directly
         self._open = False
         # The data-key cache (docs/CACHE.md): off unless asked for.
         self._cache = (None if cache is None
@@ -99,10 +103,6 @@ class Client:
         if not self._open:
             self.cluster.open()
             self._open = True
-            # While open, the data-key calls are the cluster's own (one frame less on every
-            # call); closed, the methods below say so.
-            for name in _HOT:
-                setattr(self, name, getattr(self.cluster, name))
         return self
 
     def close(self) -> None:
@@ -110,8 +110,6 @@ class Client:
             self._cache.clear()  # every cached plaintext key zeroed
         if self._open:
             self._open = False
-            for name in _HOT:
-                self.__dict__.pop(name, None)
             self.cluster.close()
 
     def __enter__(self) -> Client:
@@ -137,12 +135,11 @@ class Client:
 
     @property
     def _keyring(self) -> Keyring:
-        ring = self.members[0].keyring
-        if ring is None:
+        if not self.members[0].connected:
             raise OperationFailed(_NOT_OPEN, reason=Reason.NOT_OPEN)
-        return ring
+        return self.members[0].keyring
 
-    def _cluster(self) -> Cluster:
+    def _cluster(self) -> Cluster[Keyring]:
         if not self._open:
             raise OperationFailed(_NOT_OPEN, reason=Reason.NOT_OPEN)
         return self.cluster
@@ -155,29 +152,35 @@ class Client:
 
     def list_keys(self) -> list[KeyInfo]:
         """Every master key id and version the HSM holds, with its KCV."""
-        return self._cluster().list_keys()
+        return self._cluster().call(Operation.LIST_KEYS, lambda ring: ring.list_keys())
 
     def key_info(self, key_id: str, version: int | None = None) -> KeyInfo:
-        return self._cluster().key_info(key_id, version)
+        return self._cluster().call(Operation.KEY_INFO,
+                                    lambda ring: ring.key_info(key_id, version))
 
     # -- data keys -------------------------------------------------------------------------
 
-    def generate_data_key(self, key_id: str, context: Mapping[str, str] | None = None,
-                          ) -> DataKey:
+    # The three data-key calls are the hot path: straight to the cluster's seam, whose own
+    # check answers "not open" (a cluster of one calls its keyring inline).
+
+    def generate_data_key(self, key_id: str, context: Mapping[str, str] | None = None) -> DataKey:
         """A fresh 32-byte data key: ``.plaintext`` (bytearray) and ``.wrapped`` (bytes)."""
-        return self._cluster().generate_data_key(key_id, context)
+        return self._router.call(_GENERATE_DATA_KEY,
+                                 lambda ring: ring.generate_data_key(key_id, context))
 
     def wrap(self, key_id: str, plaintext: bytes | bytearray,
              context: Mapping[str, str] | None = None) -> bytes:
         """Seal key material under ``key_id``, bound to ``context``."""
-        return self._cluster().wrap(key_id, plaintext, context)
+        return self._router.call(_WRAP,
+                                 lambda ring: ring.wrap(key_id, plaintext, context))
 
     def unwrap(self, blob: bytes, context: Mapping[str, str] | None = None) -> bytearray:
         """Open a sealed blob with the same context it was sealed with."""
-        return self._cluster().unwrap(blob, context)
+        return self._router.call(_UNWRAP, lambda ring: ring.unwrap(blob, context))
 
     def generate_random(self, size: int) -> bytes:
-        return self._cluster().generate_random(size)
+        """``size`` (1 to 1024) bytes from an HSM's random number generator."""
+        return self._cluster().call(Operation.RANDOM, lambda ring: ring.generate_random(size))
 
     # -- direct encryption (AWS KMS Encrypt / Decrypt) --------------------------------------
 
@@ -185,11 +188,13 @@ class Client:
                        context: Mapping[str, str] | None = None) -> bytes:
         """Encrypt 1 to 4096 bytes inside the HSM under ``key_id``, bound to ``context``: no
         data key. More raises :class:`hsm.InvalidInput`; use :meth:`encrypt` for that."""
-        return self._cluster().encrypt_direct(key_id, plaintext, context)
+        return self._cluster().call(Operation.ENCRYPT_DIRECT,
+                                    lambda ring: ring.encrypt_direct(key_id, plaintext, context))
 
     def decrypt_direct(self, blob: bytes, context: Mapping[str, str] | None = None) -> bytes:
         """Open a blob from :meth:`encrypt_direct` with the same context."""
-        return self._cluster().decrypt_direct(blob, context)
+        return self._cluster().call(Operation.DECRYPT_DIRECT,
+                                    lambda ring: ring.decrypt_direct(blob, context))
 
     # -- envelope encryption ---------------------------------------------------------------
 
@@ -267,11 +272,24 @@ class Client:
         """One :class:`MemberStatus` per member: health, counters, token, mechanisms."""
         cluster = self._cluster()
         return [
-            _status(member.name, member.config.module, cluster.describe(member),
+            _status(member.name, member.config.module, self.describe(member.name),
                     state=cluster.health[member.name].state.value,
+                    reason=str(cluster.health[member.name].last_reason or ""),
                     pending=len(cluster.pending[member.name]), **cluster.counters(member.name))
             for member in self.members
         ]
+
+    def describe(self, member: str) -> dict[str, Any]:
+        """Token, OS locking, probed mechanisms and key count of one member, asked under the
+        deadline (a hung member does not hang this); ``{"error": ...}`` if it can't say."""
+        cluster = self._cluster()
+        target = next((m for m in self.members if m.name == member), None)
+        if target is None:
+            raise OperationFailed(f"no member named {member!r}", reason=Reason.INVALID_INPUT)
+        try:
+            return cluster.call_on(target, Operation.DESCRIBE, lambda ring: ring.describe())
+        except HSMError as exc:
+            return {"error": str(exc)}
 
     def __repr__(self) -> str:
         where = self.config.path or "<config>"
@@ -283,9 +301,13 @@ def member_status(member: MemberConfig, *, allow_unsafe_keys: bool = False) -> M
     """Connect to one member just long enough to describe it (no cluster needed)."""
     backend = HSMMember(member, allow_unsafe_keys=allow_unsafe_keys)
     try:
-        return _status(member.name, member.module, backend.describe())
+        backend.open()
+        info = backend.keyring.describe()
+    except HSMError as exc:
+        info = {"error": str(exc)}
     finally:
         backend.close()
+    return _status(member.name, member.module, info)
 
 
 def open(

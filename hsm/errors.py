@@ -83,9 +83,14 @@ class Reason(enum.StrEnum):
     (``err.reason is Reason.DEADLINE``), never message text.
     """
 
+    ALREADY_INITIALIZED = "already_initialized"
     ALREADY_LOGGED_IN = "already_logged_in"
+    ANOTHER_USER_LOGGED_IN = "another_user_logged_in"
     ANSWERED_AGAIN = "answered again"
     ARGUMENTS_BAD = "arguments_bad"
+    ATTRIBUTE_SENSITIVE = "attribute_sensitive"
+    ATTRIBUTE_TYPE_INVALID = "attribute_type_invalid"
+    ATTRIBUTE_VALUE_INVALID = "attribute_value_invalid"
     CANCELLED = "cancelled"
     CLOSED = "closed"
     CLUSTER_UNAVAILABLE = "cluster_unavailable"
@@ -157,6 +162,8 @@ class Reason(enum.StrEnum):
     SESSION_HANDLE_INVALID = "session_handle_invalid"
     SESSION_READ_ONLY_EXISTS = "session_read_only_exists"
     TAG = "tag"
+    TEMPLATE_INCOMPLETE = "template_incomplete"
+    TEMPLATE_INCONSISTENT = "template_inconsistent"
     TOKEN_LOST = "token_lost"  # noqa: S105 (a reason word, not a secret)
     TOKEN_NOT_FOUND = "token_not_found"  # noqa: S105 (a reason word, not a secret)
     TOKEN_NOT_PRESENT = "token_not_present"  # noqa: S105 (a reason word, not a secret)
@@ -167,7 +174,9 @@ class Reason(enum.StrEnum):
     UNEXPECTED = "unexpected"
     UNSAFE_KEY = "unsafe_key"
     UNWRAP_TEMPLATE_IGNORED = "unwrap_template_ignored"
+    USER_ALREADY_LOGGED_IN = "user_already_logged_in"
     USER_LOGGED_IN = "user_logged_in"
+    USER_TOO_MANY_TYPES = "user_too_many_types"
     WRAPPED_KEY_INVALID = "wrapped_key_invalid"
     WRAPPED_KEY_LENGTH = "wrapped_key_length"
     WRAPPING_KEY_MISMATCH = "wrapping_key_mismatch"

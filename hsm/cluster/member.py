@@ -1,47 +1,63 @@
-"""A cluster member: the calls the cluster makes on one HSM, and the real implementation.
+"""A cluster member: one HSM as the cluster sees it, and the real implementation.
 
-:class:`MemberBackend` is the interface the cluster logic depends on; :class:`HSMMember`
-implements it over one module + token (module, session pool, keyring), and
-:class:`hsm.testing.FakeMember` implements it in memory for testing the cluster logic.
+The seam between the cluster and a member is narrow: a :class:`Member` opens, closes,
+answers a ping, and hands out its keyring; the cluster runs a call on that keyring
+(:meth:`hsm.cluster.Cluster.call`), and the :class:`~hsm.cluster.operations.Operation` that
+comes with the call tells the failover policy what kind of call it is. The cluster itself
+calls only what placing and re-admitting keys needs (:class:`ClusterKeyring`); every other
+operation is the caller's function on the keyring, typed by the keyring's own class.
+
+:class:`HSMMember` is a member on a PKCS#11 module and token (module, session pool,
+:class:`hsm.keys.Keyring`); :class:`hsm.testing.fakes.FakeMember` is one in memory, with a
+fake keyring, for testing the cluster logic.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from hsm.config import MemberConfig
-from hsm.errors import HSMError, HSMUnavailable, Reason
-from hsm.keys import DataKey, KeyInfo, Keyring
+from hsm.errors import HSMUnavailable, Reason
+from hsm.keys import KeyInfo, Keyring
 from hsm.pkcs11 import Module, SessionPool
 
-__all__ = ["HSMMember", "MemberBackend"]
-
-_DIRECT = ("generate_data_key", "wrap", "unwrap")
+__all__ = ["ClusterKeyring", "HSMMember", "Member"]
 
 
-class MemberBackend(Protocol):
-    """One HSM as the cluster sees it. Every method may raise :class:`hsm.HSMError`."""
+class ClusterKeyring(Protocol):
+    """What the cluster itself calls on a member's keyring: placing a key on a quorum of
+    members, copying it to members that missed it, destroying it, listing what a member
+    holds. Every method may raise :class:`hsm.HSMError`."""
 
-    name: str
-
-    def open(self) -> None: ...
-    def close(self) -> None: ...
-    def ping(self) -> None: ...
-    def generate_data_key(self, key_id: str, context: Any) -> DataKey: ...
-    def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any) -> bytes: ...
-    def unwrap(self, blob: bytes, context: Any) -> bytearray: ...
-    def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
-                       context: Any) -> bytes: ...
-    def decrypt_direct(self, blob: bytes, context: Any) -> bytes: ...
-    def generate_random(self, size: int) -> bytes: ...
-    def create_key(self, key_id: str, version: int, replicable: bool) -> KeyInfo: ...
+    def create_key(self, *, key_id: str | None = None, version: int = 1,
+                   replicable: bool = False) -> KeyInfo: ...
     def destroy_key(self, key_id: str, version: int) -> None: ...
     def list_keys(self) -> list[KeyInfo]: ...
-    def key_info(self, key_id: str, version: int | None) -> KeyInfo: ...
     def export_key(self, key_id: str, version: int) -> bytes: ...
     def import_key(self, key_id: str, version: int, wrapped: bytes, *,
                    expected_kcv: str | None = None) -> KeyInfo: ...
-    def describe(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=ClusterKeyring, covariant=True)
+
+
+class Member(Protocol[R]):
+    """One HSM as the cluster sees it. Every method may raise :class:`hsm.HSMError`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def keyring(self) -> R:
+        """The keyring of the open member; :class:`hsm.HSMUnavailable` (``not_open``) while
+        it is not connected."""
+        ...
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def ping(self) -> None:
+        """Open if needed, repair if broken, then a cheap call that needs the token."""
+        ...
 
 
 class HSMMember:
@@ -55,10 +71,21 @@ class HSMMember:
         self.allow_unsafe_keys = allow_unsafe_keys
         self.inline_recovery = inline_recovery  # see SessionPool.inline_recovery
         self.module: Module | None = None
-        self.keyring: Keyring | None = None
+        self._keyring: Keyring | None = None
+
+    @property
+    def keyring(self) -> Keyring:
+        ring = self._keyring
+        if ring is None:
+            raise HSMUnavailable(f"member {self.name} is not connected", reason=Reason.NOT_OPEN)
+        return ring
+
+    @property
+    def connected(self) -> bool:
+        return self._keyring is not None
 
     def open(self) -> None:
-        if self.keyring is not None:
+        if self._keyring is not None:
             return
         module = Module.acquire(self.config.module, self.config.env)
         try:
@@ -73,17 +100,11 @@ class HSMMember:
         except BaseException:
             module.release()
             raise
-        self.module, self.keyring = module, keyring
-        # The data-key calls go straight to the keyring while it is open: two Python
-        # frames less on every call (the methods below answer "not connected" otherwise).
-        for name in _DIRECT:
-            setattr(self, name, getattr(keyring, name))
+        self.module, self._keyring = module, keyring
 
     def close(self) -> None:
-        keyring, module = self.keyring, self.module
-        self.keyring = self.module = None
-        for name in _DIRECT:
-            self.__dict__.pop(name, None)
+        keyring, module = self._keyring, self.module
+        self._keyring = self.module = None
         try:
             if keyring is not None:
                 keyring.pool.release()
@@ -91,77 +112,13 @@ class HSMMember:
             if module is not None:
                 module.release()
 
-    def _ring(self) -> Keyring:
-        ring = self.keyring
-        if ring is None:
-            raise HSMUnavailable(f"member {self.name} is not connected", reason=Reason.NOT_OPEN)
-        return ring
-
     def ping(self) -> None:
-        """Open if needed, repair if broken, then a cheap call that needs the token and the
-        login."""
-        if self.keyring is None:
+        if self._keyring is None:
             self.open()
-        ring = self._ring()
+        ring = self.keyring
         ring.pool.recover()
         ring.generate_random(1)
 
-    def generate_data_key(self, key_id: str, context: Any) -> DataKey:
-        return self._ring().generate_data_key(key_id, context)
-
-    def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any) -> bytes:
-        return self._ring().wrap(key_id, plaintext, context)
-
-    def unwrap(self, blob: bytes, context: Any) -> bytearray:
-        return self._ring().unwrap(blob, context)
-
-    def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
-                       context: Any) -> bytes:
-        return self._ring().encrypt_direct(key_id, plaintext, context)
-
-    def decrypt_direct(self, blob: bytes, context: Any) -> bytes:
-        return self._ring().decrypt_direct(blob, context)
-
-    def generate_random(self, size: int) -> bytes:
-        return self._ring().generate_random(size)
-
-    def create_key(self, key_id: str, version: int, replicable: bool) -> KeyInfo:
-        return self._ring().create_key(key_id=key_id, version=version, replicable=replicable)
-
-    def destroy_key(self, key_id: str, version: int) -> None:
-        self._ring().destroy_key(key_id, version)
-
-    def list_keys(self) -> list[KeyInfo]:
-        return self._ring().list_keys()
-
-    def key_info(self, key_id: str, version: int | None) -> KeyInfo:
-        return self._ring().key_info(key_id, version)
-
-    def export_key(self, key_id: str, version: int) -> bytes:
-        return self._ring().export_key(key_id, version)
-
-    def import_key(self, key_id: str, version: int, wrapped: bytes, *,
-                   expected_kcv: str | None = None) -> KeyInfo:
-        return self._ring().import_key(key_id, version, wrapped, expected_kcv=expected_kcv)
-
-    def describe(self) -> dict[str, Any]:
-        """Module, token and mechanisms, for ``hsm status``; connects if needed."""
-        out: dict[str, Any] = {"module": self.config.module, "token_label": "",
-                               "token_serial": "", "os_locking": False, "mechanisms": {},
-                               "keys": 0}
-        try:
-            if self.keyring is None:
-                self.open()
-            ring = self._ring()
-            assert self.module is not None
-            out.update(token_label=ring.pool.token_label, token_serial=ring.pool.token_serial,
-                       os_locking=self.module.os_locking,
-                       mechanisms=ring.mechanisms.as_dict(), keys=len(ring.list_keys()))
-        except HSMError as exc:
-            out["error"] = str(exc)
-        return out
-
     def __repr__(self) -> str:
-        state = "open" if self.keyring is not None else "closed"
+        state = "open" if self._keyring is not None else "closed"
         return f"<HSMMember {self.name} {state}>"
-

@@ -5,17 +5,20 @@
 attempt appended; :meth:`FailoverPolicy.decide` says what to do next:
 
 =================================  ===========================  ==========================
-error on a member                  idempotent call              state-changing call
+error on a member                  idempotent call              not idempotent
 =================================  ===========================  ==========================
 transient (device, session, hang)  try the next member          raise (never repeated
                                                                 blindly elsewhere)
 integrity (does not verify)        ask every other member; it   raise
                                    stands if none opens it
+malformed (refused by its          raise (every member would    raise
+structure, before any HSM call)    refuse it alike)
 key not found on that member       try the next member (the     raise
                                    key may not have reached it)
 other permanent (bad input, PIN)   raise                        raise
 =================================  ===========================  ==========================
 
+Whether a call is idempotent is the :class:`~hsm.cluster.operations.Operation`'s to say.
 When members run out, :func:`exhausted` builds the error that carries every attempt.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from hsm.cluster.operations import Operation
 from hsm.errors import (
     ClusterUnavailable,
     HSMError,
@@ -33,30 +37,7 @@ from hsm.errors import (
     Reason,
 )
 
-__all__ = ["Attempt", "Decision", "FailoverPolicy", "Operation", "Outcome", "exhausted",
-           "outcome_of"]
-
-
-class Operation(enum.Enum):
-    """The calls a member serves; ``idempotent`` ones may be repeated on another member."""
-
-    GENERATE_DATA_KEY = "generate_data_key"
-    WRAP = "wrap"
-    UNWRAP = "unwrap"
-    ENCRYPT_DIRECT = "encrypt_direct"
-    DECRYPT_DIRECT = "decrypt_direct"  # like UNWRAP: "does not verify" is checked elsewhere
-    RANDOM = "generate_random"
-    LIST_KEYS = "list_keys"
-    KEY_INFO = "key_info"
-    CREATE_KEY = "create_key"
-    DESTROY_KEY = "destroy_key"
-    EXPORT_KEY = "export_key"
-    IMPORT_KEY = "import_key"
-    PING = "ping"
-
-    @property
-    def idempotent(self) -> bool:
-        return self not in (Operation.CREATE_KEY, Operation.DESTROY_KEY)
+__all__ = ["Attempt", "Decision", "FailoverPolicy", "Outcome", "exhausted", "outcome_of"]
 
 
 class Outcome(enum.StrEnum):
@@ -122,6 +103,9 @@ class FailoverPolicy:
         if outcome in (Outcome.TRANSIENT, Outcome.TIMEOUT, Outcome.KEY_NOT_FOUND):
             return Decision.NEXT_MEMBER
         if outcome is Outcome.INTEGRITY:
+            if error.reason is Reason.MALFORMED:
+                # Refused by its structure before any HSM call: the same on every member.
+                return Decision.RAISE
             return Decision.VERIFY_ELSEWHERE
         return Decision.RAISE
 

@@ -1,7 +1,8 @@
-"""Keys on one HSM: master keys, sealed data keys, key-object wrap/unwrap.
+"""Keys on one HSM: master keys, sealed data keys, key-object wrap/unwrap, replication.
 
 Hazmat: applications use :func:`hsm.open`; this layer is what the client and the cluster
-are built from.
+are built from. It imports only downward (:mod:`hsm.errors`, :mod:`hsm.context`,
+:mod:`hsm.pkcs11`) and speaks to the HSM only through the edge's typed values.
 """
 
 from hsm.keys.blob import SealedBlob, parse_blob

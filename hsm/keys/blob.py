@@ -39,6 +39,7 @@ __all__ = [
     "DIRECT",
     "DIRECT_MAX_PLAINTEXT",
     "HEADER_SIZE",
+    "IV_SIZE",
     "MAGIC",
     "MAX_PLAINTEXT",
     "SEALED_KEY",
@@ -53,7 +54,7 @@ __all__ = [
 MAGIC = b"HSMK"
 FORMAT_VERSION = 1
 ALG_AES256_GCM = 1
-IV_SIZE = 12
+IV_SIZE = 12  # the AES-GCM IV the keyring draws for every blob
 TAG_SIZE = 16
 MAX_PLAINTEXT = 1024
 

@@ -15,8 +15,9 @@ RFC 5649 blobs of any length correctly, checked against the NIST KWP vectors).
 
 Two SoftHSM 2.6.1 quirks meet keys made by ``C_UnwrapKey``: they read back
 ``CKA_VALUE_LEN = 0`` (SoftHSM issue #628) and an empty ``CKA_CHECK_VALUE`` (issue #570).
-:func:`import_wrapped_key` establishes the length from the blob itself and computes the key
-check value inside the HSM when the module left it empty.
+:func:`import_wrapped_key` establishes the length from the blob itself, and the key check
+value is computed inside the HSM when the module left it empty
+(:meth:`hsm.pkcs11.SecretKey.kcv`).
 
 Hazmat: these are building blocks for replication and key import; applications use
 :func:`hsm.open`.
@@ -27,9 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from typing import Any
-
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from typing import Protocol
 
 from hsm.errors import (
     HSMError,
@@ -40,15 +39,26 @@ from hsm.errors import (
     OperationFailed,
     Reason,
 )
-from hsm.keys.keyring import Keyring
 from hsm.keys.master import (
     CAPABILITIES,
+    KEY_BYTES,
     POLICY_ATTRIBUTES,
     KeyInfo,
     check_attributes,
     create_template,
 )
-from hsm.pkcs11 import Mechanisms, translated
+from hsm.pkcs11 import (
+    AES_KEY_WRAP,
+    Attr,
+    Capability,
+    KeyClass,
+    KeyTemplate,
+    KeyType,
+    Lease,
+    Mechanisms,
+    SecretKey,
+    SessionPool,
+)
 
 __all__ = [
     "WrapMechanism",
@@ -68,6 +78,16 @@ class WrapMechanism(enum.Enum):
 
     KW = "kw"
     KWP = "kwp"
+
+
+class KeyringLike(Protocol):
+    """What :func:`import_wrapped_key` needs of a keyring: its pool and probed mechanisms."""
+
+    @property
+    def pool(self) -> SessionPool: ...
+
+    @property
+    def mechanisms(self) -> Mechanisms: ...
 
 
 def pkcs11_mechanism(which: WrapMechanism, mechanisms: Mechanisms, *,
@@ -93,7 +113,7 @@ def pkcs11_mechanism(which: WrapMechanism, mechanisms: Mechanisms, *,
                 f"AES key wrap (RFC 3394) needs a multiple of 8 bytes, at least 16; the key "
                 f"has {length} bytes (use KWP)"
             )
-        return int(Mechanism.AES_KEY_WRAP)
+        return AES_KEY_WRAP
     number = mechanisms.aes_key_wrap_pad
     if number is None:
         raise MechanismUnsupported(
@@ -108,18 +128,19 @@ def pkcs11_mechanism(which: WrapMechanism, mechanisms: Mechanisms, *,
     return number
 
 
-def wrap_key_object(session: Any, wrapping_key: Any, key: Any, which: WrapMechanism,
-                    mechanisms: Mechanisms) -> bytes:
+def wrap_key_object(lease: Lease, wrapping_key: SecretKey | str, key: SecretKey | str,
+                    which: WrapMechanism, mechanisms: Mechanisms) -> bytes:
     """Wrap ``key`` under ``wrapping_key`` inside the HSM (``C_WrapKey``); returns the blob.
 
-    ``wrapping_key`` and ``key`` are python-pkcs11 key objects of ``session``, or the labels
-    of secret keys on its token. Refuses what :func:`pkcs11_mechanism` refuses; a key whose
-    length can't be known (no ``CKA_VALUE_LEN``, not AES) when that length matters: KW always,
-    KWP on a module without ``kwp_any_length``. The HSM itself refuses a key that is not
-    extractable (:class:`OperationFailed`, reason ``key_unextractable``).
+    ``wrapping_key`` and ``key`` are key objects of ``lease``'s session, or the labels of
+    secret keys on its token. Refuses what
+    :func:`pkcs11_mechanism` refuses; a key whose length can't be known (no
+    ``CKA_VALUE_LEN``, not AES) when that length matters: KW always, KWP on a module without
+    ``kwp_any_length``. The HSM itself refuses a key that is not extractable
+    (:class:`OperationFailed`, reason ``key_unextractable``).
     """
-    wrapper = _resolve(session, wrapping_key, "wrapping key")
-    target = _resolve(session, key, "key to wrap")
+    wrapper = _resolve(lease, wrapping_key, "wrapping key")
+    target = _resolve(lease, key, "key to wrap")
     length, aes = _material_length(target)
     # Every AES key length is a multiple of 8 and at least 16: fine for KW and KWP alike.
     if length is None and not aes and (which is WrapMechanism.KW
@@ -130,41 +151,39 @@ def wrap_key_object(session: Any, wrapping_key: Any, key: Any, which: WrapMechan
             "the key's length can't be read, and this module's padded key wrap is RFC 5649 "
             "only for lengths that are a multiple of 8 bytes"
         )
-    mechanism = pkcs11_mechanism(which, mechanisms, length=length)
-    with translated("wrap key"):
-        return bytes(wrapper.wrap_key(target, mechanism=Mechanism(mechanism)))
+    return wrapper.wrap(target, pkcs11_mechanism(which, mechanisms, length=length))
 
 
-def unwrap_key_object(session: Any, unwrapping_key: Any, wrapped: bytes, which: WrapMechanism,
-                      mechanisms: Mechanisms, *, key_type: KeyType, label: str, key_id: bytes,
-                      token: bool, extractable: bool = False, sensitive: bool = True,
-                      capabilities: MechanismFlag = CAPABILITIES) -> Any:
+def unwrap_key_object(lease: Lease, unwrapping_key: SecretKey | str, wrapped: bytes,
+                      which: WrapMechanism, mechanisms: Mechanisms, *, key_type: KeyType,
+                      label: str, key_id: bytes, token: bool, extractable: bool = False,
+                      sensitive: bool = True,
+                      capabilities: Capability = CAPABILITIES) -> SecretKey:
     """Unwrap ``wrapped`` into a new secret-key object (``C_UnwrapKey``) and return it.
 
-    ``unwrapping_key`` is a key object of ``session`` or the label of a secret key on its
-    token. The template is explicit (python-pkcs11 adds no SENSITIVE/PRIVATE defaults):
-    PRIVATE, SENSITIVE and not EXTRACTABLE unless asked otherwise, exactly ``capabilities``
-    (ENCRYPT/DECRYPT/WRAP/UNWRAP by default; SIGN, VERIFY, DERIVE only if listed), a token
-    object if ``token``. ``extractable=True`` / ``sensitive=False`` are for tests and
-    replication under a trusted key, never for master keys.
+    ``unwrapping_key`` is a key object of ``lease``'s session or the label of a secret key
+    on its token. The template is explicit (python-pkcs11 adds no SENSITIVE/PRIVATE
+    defaults): PRIVATE, SENSITIVE and not EXTRACTABLE unless asked otherwise, exactly
+    ``capabilities`` (ENCRYPT/DECRYPT/WRAP/UNWRAP by default; SIGN, VERIFY, DERIVE only if
+    listed), a token object if ``token``. ``extractable=True`` / ``sensitive=False`` are for
+    tests and replication under a trusted key, never for master keys.
 
     Refuses a blob whose length no KW/KWP output can have, a wrong unwrapping key or a
     tampered blob (all :class:`InvalidCiphertext`), and what :func:`pkcs11_mechanism`
-    refuses. The returned object belongs to ``session`` and its module generation.
+    refuses. The returned object belongs to ``lease``'s session and its module generation.
     """
     data = _blob_bytes(wrapped, which)
     mechanism = pkcs11_mechanism(which, mechanisms)
-    unwrapper = _resolve(session, unwrapping_key, "unwrapping key")
-    template = {
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: bool(sensitive),
-        Attribute.EXTRACTABLE: bool(extractable),
-    }
-    return _unwrap(unwrapper, data, mechanism, key_type=key_type, label=label, key_id=key_id,
-                   token=token, capabilities=capabilities, template=template)
+    if not isinstance(key_type, KeyType):
+        raise InvalidInput(f"key_type must be a hsm.pkcs11.KeyType, not {type(key_type).__name__}")
+    unwrapper = _resolve(lease, unwrapping_key, "unwrapping key")
+    template = KeyTemplate(key_type=key_type, capabilities=capabilities, token=bool(token),
+                           private=True, sensitive=bool(sensitive),
+                           extractable=bool(extractable), label=label, cka_id=key_id)
+    return unwrapper.unwrap(data, mechanism, template)
 
 
-def import_wrapped_key(keyring: Keyring, wrapped: bytes, *, wrapping_key_label: str,
+def import_wrapped_key(keyring: KeyringLike, wrapped: bytes, *, wrapping_key_label: str,
                        which: WrapMechanism = WrapMechanism.KWP) -> KeyInfo:
     """Import AES-256 key material wrapped under a key already on the token as a new master key.
 
@@ -190,19 +209,18 @@ def import_wrapped_key(keyring: Keyring, wrapped: bytes, *, wrapping_key_label: 
         raise InvalidInput("wrapping_key_label must be a non-empty string")
     mechanism = pkcs11_mechanism(which, keyring.mechanisms)
     key_id = str(uuid.uuid4())
-    label, cka_id, template = create_template(key_id, 1)
+    template = create_template(key_id, 1)
     with keyring.pool.session() as lease:
         try:
-            unwrapper = _find_secret(lease.session, wrapping_key_label, "wrapping key")
+            unwrapper = _find_secret(lease, wrapping_key_label, "wrapping key")
         except KeyNotFound:
             keyring.pool.check_token(lease)  # an empty search may mean a lost token
             raise
-        obj = _unwrap(unwrapper, data, mechanism, key_type=KeyType.AES, label=label,
-                      key_id=cka_id, token=True, capabilities=CAPABILITIES, template=template)
+        key = unwrapper.unwrap(data, mechanism, template)
         try:
-            kcv = _verify_imported(obj, label)
+            kcv = _verify_imported(key, template.label)
         except BaseException:
-            _destroy_quietly(obj, label)
+            _destroy_quietly(key, template.label)
             raise
     log.info("imported master key %s version 1 (kcv %s) under wrapping key %r",
              key_id, kcv, wrapping_key_label)
@@ -222,29 +240,14 @@ def _blob_bytes(wrapped: object, which: WrapMechanism) -> bytes:
     return data
 
 
-def _unwrap(unwrapper: Any, data: bytes, mechanism: int, *, key_type: KeyType, label: str,
-            key_id: bytes, token: bool, capabilities: MechanismFlag,
-            template: dict[Attribute, Any]) -> Any:
-    if not isinstance(key_type, KeyType):
-        raise InvalidInput(f"key_type must be a pkcs11.KeyType, not {type(key_type).__name__}")
-    with translated("unwrap key", integrity=True):
-        return unwrapper.unwrap_key(
-            ObjectClass.SECRET_KEY, key_type, data, id=key_id, label=label,
-            mechanism=Mechanism(mechanism), store=bool(token), capabilities=capabilities,
-            template={**template, Attribute.TOKEN: bool(token)},
-        )
-
-
-def _resolve(session: Any, key: Any, role: str) -> Any:
+def _resolve(lease: Lease, key: SecretKey | str, role: str) -> SecretKey:
     if isinstance(key, str):
-        return _find_secret(session, key, role)
+        return _find_secret(lease, key, role)
     return key
 
 
-def _find_secret(session: Any, label: str, role: str) -> Any:
-    with translated(f"find {role}"):
-        found = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                          Attribute.LABEL: label}))
+def _find_secret(lease: Lease, label: str, role: str) -> SecretKey:
+    found = lease.find_keys(label, operation=f"find {role}")
     if not found:
         raise KeyNotFound(f"no {role} labelled {label!r} on the token")
     if len(found) > 1:
@@ -253,52 +256,43 @@ def _find_secret(session: Any, label: str, role: str) -> Any:
     return found[0]
 
 
-def _material_length(key: Any) -> tuple[int | None, bool]:
+def _material_length(key: SecretKey) -> tuple[int | None, bool]:
     """``(bytes of key material a wrap would encrypt, or None if unknown; is it AES)``."""
-    with translated("read key attributes"):
-        attrs = key.get_attributes([Attribute.CLASS, Attribute.KEY_TYPE, Attribute.VALUE_LEN])
-    if attrs.get(Attribute.CLASS) != ObjectClass.SECRET_KEY:
+    attrs = key.read((Attr.CLASS, Attr.KEY_TYPE, Attr.VALUE_LEN))
+    if attrs.get(Attr.CLASS) is not KeyClass.SECRET_KEY:
         return None, False  # a private key wraps as its PKCS#8 encoding: length unknown here
-    value_len = attrs.get(Attribute.VALUE_LEN)
-    aes = attrs.get(Attribute.KEY_TYPE) == KeyType.AES
-    if isinstance(value_len, int) and value_len > 0:
+    value_len = attrs.get(Attr.VALUE_LEN)
+    aes = attrs.get(Attr.KEY_TYPE) is KeyType.AES
+    if type(value_len) is int and value_len > 0:
         return value_len, aes
     return None, aes  # SoftHSM reads 0 on keys made by C_UnwrapKey (its issue #628)
 
 
-def _kcv(obj: Any) -> str:
-    """The key check value, computed inside the HSM when the module left CKA_CHECK_VALUE empty."""
-    with translated("key check value"):
-        return Keyring._kcv(obj)
-
-
-def _verify_imported(obj: Any, label: str) -> str:
+def _verify_imported(key: SecretKey, label: str) -> str:
     """Check an imported key against the master-key policy; return its KCV."""
-    with translated("read key attributes"):
-        attrs = dict(obj.get_attributes(list(POLICY_ATTRIBUTES)))
-    if not attrs.get(Attribute.VALUE_LEN):
+    attrs = key.read(POLICY_ATTRIBUTES)
+    if not attrs.get(Attr.VALUE_LEN):
         # The module did not record the length (SoftHSM 2.6, issue #628). A 40-byte blob
         # holds 32 bytes under KW and 25 to 32 under KWP; AES-ECB accepts only 16, 24 or 32:
         # if the HSM computes a check value with the key, it is 32 bytes.
         try:
-            kcv = _kcv(obj)
+            kcv = key.kcv()
         except HSMError as exc:
             if exc.transient:
                 raise
             raise InvalidInput("the unwrapped key material is not an AES-256 key") from None
-        attrs[Attribute.VALUE_LEN] = 32
+        attrs[Attr.VALUE_LEN] = KEY_BYTES
         check_attributes(attrs, label, allow_unsafe=False)
         return kcv
-    if attrs.get(Attribute.VALUE_LEN) != 32 and attrs.get(Attribute.KEY_TYPE) == KeyType.AES:
+    if attrs.get(Attr.VALUE_LEN) != KEY_BYTES and attrs.get(Attr.KEY_TYPE) is KeyType.AES:
         raise InvalidInput("the unwrapped key material is not an AES-256 key")
     check_attributes(attrs, label, allow_unsafe=False)
-    return _kcv(obj)
+    return key.kcv()
 
 
-def _destroy_quietly(obj: Any, label: str) -> None:
+def _destroy_quietly(key: SecretKey, label: str) -> None:
     try:
-        with translated("destroy rejected key"):
-            obj.destroy()
+        key.destroy(operation="destroy rejected key")
     except HSMError as exc:
         log.error("could not destroy rejected imported key %s (%s); destroy it by hand",
                   label, exc.reason)

@@ -12,7 +12,10 @@ keys and versions exist:
 
 The key check value (KCV) is the module's ``CKA_CHECK_VALUE`` (for AES: the first 3 bytes
 of AES-ECB of a zero block), in hex: two HSMs that hold the same key show the same KCV
-without revealing it.
+without revealing it (:meth:`hsm.pkcs11.SecretKey.kcv` reads or computes it).
+
+The policy is written in the edge's typed values (:class:`~hsm.pkcs11.KeyTemplate`,
+:class:`~hsm.pkcs11.Attr`, :class:`~hsm.pkcs11.Capability`), never in python-pkcs11's.
 """
 
 from __future__ import annotations
@@ -20,21 +23,26 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
-
 from hsm.errors import InvalidInput, UnsafeKey
+from hsm.pkcs11 import Attr, AttrValue, Capability, KeyClass, KeyTemplate, KeyType, SecretKey
 
 __all__ = [
+    "CAPABILITIES",
+    "POLICY_ATTRIBUTES",
+    "TRUST_ATTRIBUTE",
     "KeyInfo",
     "check_attributes",
+    "check_key",
     "check_version",
     "create_template",
     "key_id_bytes",
     "label_for",
     "parse_label",
+    "policy_attributes",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,27 +50,26 @@ log = logging.getLogger(__name__)
 LABEL_PREFIX = "hsm/"
 _LABEL = re.compile(r"^hsm/([0-9a-f-]{36})/v([1-9][0-9]{0,9})$")
 MAX_VERSION = 0xFFFFFFFF  # CKA_ID carries the version as uint32
+KEY_BYTES = 32  # AES-256
 
-CAPABILITIES = (
-    MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.WRAP | MechanismFlag.UNWRAP
-)
+CAPABILITIES = Capability.ENCRYPT | Capability.DECRYPT | Capability.WRAP | Capability.UNWRAP
 
 POLICY_ATTRIBUTES = (
-    Attribute.CLASS,
-    Attribute.KEY_TYPE,
-    Attribute.VALUE_LEN,
-    Attribute.TOKEN,
-    Attribute.PRIVATE,
-    Attribute.SENSITIVE,
-    Attribute.EXTRACTABLE,
-    Attribute.SIGN,
-    Attribute.VERIFY,
-    Attribute.DERIVE,
+    Attr.CLASS,
+    Attr.KEY_TYPE,
+    Attr.VALUE_LEN,
+    Attr.TOKEN,
+    Attr.PRIVATE,
+    Attr.SENSITIVE,
+    Attr.EXTRACTABLE,
+    Attr.SIGN,
+    Attr.VERIFY,
+    Attr.DERIVE,
 )
 
-# Read with POLICY_ATTRIBUTES where the module knows it; a module that does not (its
-# C_GetAttributeValue says AttributeTypeInvalid) is read as WRAP_WITH_TRUSTED = false.
-TRUST_ATTRIBUTE = Attribute.WRAP_WITH_TRUSTED
+# Read with POLICY_ATTRIBUTES; a module that does not know it reports none, read as false.
+TRUST_ATTRIBUTE = Attr.WRAP_WITH_TRUSTED
+_POLICY_READ = (*POLICY_ATTRIBUTES, TRUST_ATTRIBUTE)
 
 
 @dataclass(frozen=True)
@@ -106,56 +113,68 @@ def parse_label(label: str) -> tuple[str, int] | None:
     return match.group(1), int(match.group(2))
 
 
-def create_template(key_id: str, version: int, *, replicable: bool = False,
-                    ) -> tuple[str, bytes, dict[Attribute, Any]]:
-    """``(label, id, template)`` for ``generate_key``: everything explicit, no defaults.
+def create_template(key_id: str, version: int, *, replicable: bool = False) -> KeyTemplate:
+    """The template of master key ``key_id`` version ``version``: label and id as above,
+    everything explicit, no defaults (:data:`CAPABILITIES` and nothing else).
 
     ``replicable`` adds EXTRACTABLE and WRAP_WITH_TRUSTED (both one-way: the HSM never lets
     such a key out except wrapped under a CKA_TRUSTED key).
     """
-    template = {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: bool(replicable),
-        Attribute.SIGN: False,
-        Attribute.VERIFY: False,
-        Attribute.DERIVE: False,
-    }
-    if replicable:
-        template[Attribute.WRAP_WITH_TRUSTED] = True
-    cka_id = key_id_bytes(key_id) + version.to_bytes(4, "big")
-    return label_for(key_id, version), cka_id, template
+    return KeyTemplate(
+        key_type=KeyType.AES, capabilities=CAPABILITIES, token=True, private=True,
+        sensitive=True, extractable=bool(replicable), label=label_for(key_id, version),
+        cka_id=key_id_bytes(key_id) + version.to_bytes(4, "big"),
+        wrap_with_trusted=True if replicable else None,
+    )
 
 
-def check_attributes(attrs: dict[Any, Any], label: str, *, allow_unsafe: bool) -> None:
+def policy_attributes(key: SecretKey) -> dict[Attr, AttrValue]:
+    """The policy attributes of ``key`` and WRAP_WITH_TRUSTED (false where the module doesn't
+    know it); {} if the module reports none of them."""
+    attrs = key.read(_POLICY_READ)
+    if attrs:
+        attrs.setdefault(TRUST_ATTRIBUTE, False)
+    return attrs
+
+
+def check_key(key: SecretKey, label: str, *, allow_unsafe: bool) -> None:
+    """Read ``key``'s policy attributes and :func:`check_attributes` them; a key whose
+    attributes can't be read at all is :class:`UnsafeKey`."""
+    attrs = policy_attributes(key)
+    if not attrs:
+        raise UnsafeKey(f"attributes of master key {label} can't be read")
+    check_attributes(attrs, label, allow_unsafe=allow_unsafe)
+
+
+def check_attributes(attrs: Mapping[Attr, AttrValue], label: str, *,
+                     allow_unsafe: bool) -> None:
     """Refuse a key whose attributes break the master-key policy (unless allowed).
 
     EXTRACTABLE is accepted only together with WRAP_WITH_TRUSTED (a replicable key); a
     missing WRAP_WITH_TRUSTED reads as false.
     """
-    want = {
-        Attribute.CLASS: ObjectClass.SECRET_KEY,
-        Attribute.KEY_TYPE: KeyType.AES,
-        Attribute.VALUE_LEN: 32,
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.SIGN: False,
-        Attribute.VERIFY: False,
-        Attribute.DERIVE: False,
+    want: dict[Attr, AttrValue] = {
+        Attr.CLASS: KeyClass.SECRET_KEY,
+        Attr.KEY_TYPE: KeyType.AES,
+        Attr.VALUE_LEN: KEY_BYTES,
+        Attr.TOKEN: True,
+        Attr.PRIVATE: True,
+        Attr.SENSITIVE: True,
+        Attr.EXTRACTABLE: False,
+        Attr.SIGN: False,
+        Attr.VERIFY: False,
+        Attr.DERIVE: False,
     }
-    if attrs.get(Attribute.VALUE_LEN) == 0 and attrs.get(Attribute.KEY_TYPE) == KeyType.AES:
+    if attrs.get(Attr.VALUE_LEN) == 0 and attrs.get(Attr.KEY_TYPE) is KeyType.AES:
         # SoftHSM 2.6 records no length on keys made by C_UnwrapKey (its issue #628); the
         # import path proves the length itself, so "not reported" is not a violation.
-        want.pop(Attribute.VALUE_LEN)
-    if attrs.get(TRUST_ATTRIBUTE) is True and attrs.get(Attribute.EXTRACTABLE) is True:
+        want.pop(Attr.VALUE_LEN)
+    if attrs.get(TRUST_ATTRIBUTE) is True and attrs.get(Attr.EXTRACTABLE) is True:
         # Replicable: it can leave the HSM only wrapped under a CKA_TRUSTED key.
-        want[Attribute.EXTRACTABLE] = True
+        want[Attr.EXTRACTABLE] = True
     wrong = sorted(a.name for a, v in want.items() if attrs.get(a) != v)
-    if Attribute.EXTRACTABLE.name in wrong:
-        wrong[wrong.index(Attribute.EXTRACTABLE.name)] = "EXTRACTABLE without WRAP_WITH_TRUSTED"
+    if Attr.EXTRACTABLE.name in wrong:
+        wrong[wrong.index(Attr.EXTRACTABLE.name)] = "EXTRACTABLE without WRAP_WITH_TRUSTED"
     if not wrong:
         return
     message = f"master key {label} breaks policy: {', '.join(wrong)}"

@@ -13,8 +13,10 @@ MODIFIABLE, PRIVATE=false (SoftHSM's SO can't create private objects), labelled
 :data:`CLUSTER_WRAP_LABEL`. It also carries a ``CKA_UNWRAP_TEMPLATE``: every key unwrapped
 under it must be SENSITIVE, WRAP_WITH_TRUSTED and not DERIVE. Without that, anyone holding
 the user PIN could unwrap an exported master key into a copy that is *not* sensitive and read
-it in plaintext (measured on SoftHSM 2.6.1, which enforces the template). python-pkcs11 can't
-write attribute-array attributes, so the template is packed here with ctypes.
+it in plaintext (measured on SoftHSM 2.6.1, which enforces the template). The security
+officer's session itself (login, and the calls made as the SO, including writing that
+template) is the edge's :class:`hsm.pkcs11.SecurityOfficer`; this module holds the policy:
+what the key is, what it must say about itself, and how it is tested.
 
 After creating the key, the SO session tests it: a blob made in software under the material
 must unwrap under it (the HSM holds that material), and unwrapping into a readable key must
@@ -29,40 +31,40 @@ Hazmat: the ceremony and :class:`hsm.keys.Keyring`'s export/import use this.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from types import TracebackType
-from typing import Any
 
-import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives import keywrap
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
-from pkcs11.attributes import AttributeMapper
 
-from hsm.errors import (
-    HSMError,
-    HSMUnavailable,
-    InvalidInput,
-    OperationFailed,
-    PinIncorrect,
-    Reason,
+from hsm.errors import HSMError, InvalidInput, OperationFailed, Reason
+from hsm.pkcs11 import (
+    AES_KEY_WRAP,
+    Attr,
+    AttrValue,
+    Capability,
+    KeyTemplate,
+    KeyType,
+    Lease,
+    Module,
+    Secret,
+    SecretKey,
+    SecurityOfficer,
+    TokenSelector,
 )
-from hsm.pkcs11 import Module, Secret, TokenSelector, translate_error, translated
 
 __all__ = [
     "CLUSTER_WRAP_ID",
     "CLUSTER_WRAP_LABEL",
     "MATERIAL_BYTES",
+    "UNWRAP_TEMPLATE",
     "OfficerSession",
     "establish_wrapping_key",
     "find_wrapping_key",
     "material_kcv",
     "no_wrapping_key",
+    "wrapping_key_template",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,66 +74,43 @@ CLUSTER_WRAP_ID = b"hsm/cluster-wrap"
 MATERIAL_BYTES = 32  # AES-256
 
 # What every key unwrapped under the cluster wrapping key must say about itself.
-UNWRAP_TEMPLATE: tuple[tuple[Attribute, bool], ...] = (
-    (Attribute.SENSITIVE, True),
-    (Attribute.WRAP_WITH_TRUSTED, True),
-    (Attribute.DERIVE, False),
+UNWRAP_TEMPLATE: tuple[tuple[Attr, bool], ...] = (
+    (Attr.SENSITIVE, True),
+    (Attr.WRAP_WITH_TRUSTED, True),
+    (Attr.DERIVE, False),
 )
 
-_SECRET = ObjectClass.SECRET_KEY
+# What a cluster wrapping key found on a token must say about itself to be used.
+_REQUIRED: dict[Attr, AttrValue] = {
+    Attr.KEY_TYPE: KeyType.AES, Attr.TOKEN: True, Attr.SENSITIVE: True,
+    Attr.EXTRACTABLE: False, Attr.WRAP: True, Attr.UNWRAP: True, Attr.ENCRYPT: False,
+    Attr.DECRYPT: False, Attr.DERIVE: False, Attr.TRUSTED: True,
+}
 
-# Errors a security-officer login gets while a user login to the same token exists in this
-# process (or read-only sessions are open): login is per token per application.
-_LOGGED_IN_ERRORS = (
-    p11e.AnotherUserAlreadyLoggedIn,
-    p11e.UserAlreadyLoggedIn,
-    p11e.UserTooManyTypes,
-)
 # What a module answers when an unwrap template conflicts with the caller's template.
-_TEMPLATE_REFUSALS = (
-    p11e.TemplateInconsistent,
-    p11e.TemplateIncomplete,
-    p11e.AttributeValueInvalid,
-)
+_TEMPLATE_REFUSALS = frozenset({
+    Reason.TEMPLATE_INCONSISTENT,
+    Reason.TEMPLATE_INCOMPLETE,
+    Reason.ATTRIBUTE_VALUE_INVALID,
+})
+
+# The self-test's session keys: one the unwrap template allows, one it must refuse.
+_SEALED_COPY = KeyTemplate(key_type=KeyType.AES, capabilities=Capability(0), token=False,
+                           private=False, sensitive=True, extractable=False,
+                           wrap_with_trusted=True)
+_READABLE_COPY = KeyTemplate(key_type=KeyType.AES, capabilities=Capability(0), token=False,
+                             private=False, sensitive=False, extractable=True)
 
 
-# -- CKA_UNWRAP_TEMPLATE, packed by hand ----------------------------------------------------
-
-
-class _CKAttribute(ctypes.Structure):
-    """``CK_ATTRIBUTE``: type, pointer to the value, value length (CK_ULONG = unsigned long)."""
-
-    if sys.platform == "win32":  # PKCS#11 structures are packed to 1 byte on Windows only
-        _pack_ = 1
-    _fields_ = (("type", ctypes.c_ulong), ("pValue", ctypes.c_void_p),
-                ("ulValueLen", ctypes.c_ulong))
-
-
-# The CK_BBOOL values the packed template points at: alive for the life of the process, so
-# the pointers inside a packed template stay valid whenever python-pkcs11 passes it on.
-_CK_TRUE = ctypes.c_ubyte(1)
-_CK_FALSE = ctypes.c_ubyte(0)
-
-
-def _pack_bool_template(items: tuple[tuple[Attribute, bool], ...]) -> bytes:
-    """An array of ``CK_ATTRIBUTE`` with boolean values, as the bytes of the array."""
-    array = (_CKAttribute * len(items))(*(
-        _CKAttribute(int(kind), ctypes.addressof(_CK_TRUE if value else _CK_FALSE), 1)
-        for kind, value in items
-    ))
-    return bytes(array)
-
-
-def _refuse_to_read(_raw: bytes) -> Any:
-    # Reading an attribute array through python-pkcs11 would hand the module uninitialized
-    # inner pointers to write through: never done.
-    raise NotImplementedError("CKA_UNWRAP_TEMPLATE is written, never read, by hsm")
-
-
-def _officer_mapper() -> AttributeMapper:
-    mapper = AttributeMapper()
-    mapper.register_handler(Attribute.UNWRAP_TEMPLATE, _pack_bool_template, _refuse_to_read)
-    return mapper
+def wrapping_key_template(label: str = CLUSTER_WRAP_LABEL) -> KeyTemplate:
+    """The cluster wrapping key as the ceremony creates it: AES-256, a token object, TRUSTED,
+    WRAP and UNWRAP only, SENSITIVE, not EXTRACTABLE, not MODIFIABLE (nobody can drop the
+    unwrap template later), PRIVATE=false (SoftHSM's SO can't create private objects)."""
+    return KeyTemplate(
+        key_type=KeyType.AES, capabilities=Capability.WRAP | Capability.UNWRAP, token=True,
+        private=False, sensitive=True, extractable=False, label=label,
+        cka_id=CLUSTER_WRAP_ID, trusted=True, modifiable=False,
+    )
 
 
 # -- helpers shared with the keyring ---------------------------------------------------------
@@ -157,15 +136,14 @@ def _check_material(material: object) -> None:
                            f"(AES-256), got {len(material)}")
 
 
-def find_wrapping_key(session: Any, label: str = CLUSTER_WRAP_LABEL) -> Any | None:
-    """The trusted wrapping key labelled ``label`` in ``session``'s token, or None if absent.
+def find_wrapping_key(lease: Lease, label: str = CLUSTER_WRAP_LABEL) -> SecretKey | None:
+    """The trusted wrapping key labelled ``label`` in ``lease``'s token, or None if absent.
 
     Raises :class:`OperationFailed` if several keys carry the label, or if the one that does
     is not marked CKA_TRUSTED (anyone with the user PIN can create a key under any label;
-    only the security officer can make a trusted one). Call inside a lease.
+    only the security officer can make a trusted one).
     """
-    with translated("find wrapping key"):
-        found = list(session.get_objects({Attribute.CLASS: _SECRET, Attribute.LABEL: label}))
+    found = lease.find_keys(label, operation="find wrapping key")
     if not found:
         return None
     if len(found) > 1:
@@ -173,9 +151,8 @@ def find_wrapping_key(session: Any, label: str = CLUSTER_WRAP_LABEL) -> Any | No
                               "guess which is the cluster wrapping key",
                               reason=Reason.DUPLICATE_KEY)
     key = found[0]
-    with translated("read wrapping key attributes"):
-        trusted = _bool_attribute(key, Attribute.TRUSTED)
-    if not trusted:
+    trusted = key.read((Attr.TRUSTED,), operation="read wrapping key attributes")
+    if trusted.get(Attr.TRUSTED) is not True:
         raise OperationFailed(
             f"the key labelled {label!r} is not marked trusted (CKA_TRUSTED): it was not made "
             "by `hsm cluster init`; have the security officer remove it and run the ceremony",
@@ -192,56 +169,33 @@ def no_wrapping_key(label: str, token: object) -> OperationFailed:
     )
 
 
-def _bool_attribute(key: Any, attribute: Attribute) -> bool:
-    try:
-        return bool(key[attribute])
-    except p11e.AttributeTypeInvalid:
-        return False
-
-
-# -- the security officer's session --------------------------------------------------------
+# -- the ceremony on one token -----------------------------------------------------------------
 
 
 class OfficerSession:
-    """A security-officer login on one token, for the ceremony. Use as a context manager.
+    """The cluster wrapping key on one token, in a security-officer login (the edge's
+    :class:`~hsm.pkcs11.SecurityOfficer`). Use as a context manager.
 
-    Every call runs inside :meth:`Module.using` (a re-initialize waits for it) and refuses
-    to run in a later module generation than the login's (SoftHSM reuses handle numbers).
     ``name`` names the token in messages (the member name; the selector by default).
     """
 
     def __init__(self, module: Module, selector: TokenSelector, so_pin: Secret, *,
                  name: str | None = None) -> None:
+        self._officer = SecurityOfficer(module, selector, so_pin, name=name)
         self.module = module
         self.selector = selector
-        self.name = name or str(selector)
-        self._so_pin = so_pin
-        self._session: Any = None
-        self._generation = -1
+        self.name = self._officer.name
 
     # -- life cycle ------------------------------------------------------------------------
 
     def open(self) -> OfficerSession:
         """Log in as the security officer. A wrong SO PIN raises at once, never retried."""
-        if self._session is not None:
-            return self
-        token = self.module.find_token(self.selector)
-        with self.module.using() as generation:
-            try:
-                session = token.open(rw=True, so_pin=self._so_pin.reveal(),
-                                     attribute_mapper=_officer_mapper())
-            except p11e.PKCS11Error as exc:
-                raise self._login_error(exc) from exc
-        self._session, self._generation = session, generation
-        log.info("security officer logged in to token %s", self.name)
+        self._officer.open()
         return self
 
     def close(self) -> None:
-        """Log the security officer out (closing the session does) and forget the PIN."""
-        session, self._session = self._session, None
-        if session is not None and self.module.generation == self._generation:
-            with self.module.using(), suppress(p11e.PKCS11Error):
-                session.close()
+        """Log the security officer out (closing the session does)."""
+        self._officer.close()
 
     def __enter__(self) -> OfficerSession:
         return self.open()
@@ -249,43 +203,6 @@ class OfficerSession:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    def _login_error(self, exc: p11e.PKCS11Error) -> HSMError:
-        if isinstance(exc, _LOGGED_IN_ERRORS):
-            return OperationFailed(
-                f"token {self.name}: the security officer can't log in while this process "
-                "holds a user login to the token (PKCS#11 login is per token per "
-                "application); run the ceremony before any client opens this member, or "
-                "close those clients first", reason=Reason.USER_LOGGED_IN,
-            )
-        if isinstance(exc, p11e.SessionReadOnlyExists):
-            return OperationFailed(
-                f"token {self.name}: the security officer can't log in while read-only "
-                "sessions are open on the token in this process; close them first",
-                reason=Reason.SESSION_READ_ONLY_EXISTS,
-            )
-        error = translate_error(exc, "security officer login")
-        if isinstance(error, PinIncorrect):
-            return PinIncorrect(f"token {self.name}: the security officer PIN was refused",
-                                reason=error.reason)
-        return type(error)(f"token {self.name}: {error.message}", reason=error.reason)
-
-    @contextmanager
-    def _call(self, operation: str, *, integrity: bool = False) -> Iterator[Any]:
-        """Enter the module in the login's generation and translate errors; yields the
-        session."""
-        if self._session is None:
-            raise OperationFailed(f"token {self.name}: no security officer session",
-                                  reason=Reason.NOT_OPEN)
-        with self.module.using() as generation:
-            if generation != self._generation:
-                raise HSMUnavailable(
-                    f"token {self.name}: the module was re-initialized during the ceremony "
-                    "(the security officer's login is gone); run it again",
-                    reason=Reason.RECOVERING,
-                )
-            with translated(operation, integrity=integrity):
-                yield self._session
 
     # -- the cluster wrapping key ----------------------------------------------------------
 
@@ -299,19 +216,9 @@ class OfficerSession:
         key = self._find(label)
         if key is None:
             return None
-        with self._call("read wrapping key attributes"):
-            attrs = key.get_attributes([
-                Attribute.KEY_TYPE, Attribute.TOKEN, Attribute.SENSITIVE,
-                Attribute.EXTRACTABLE, Attribute.WRAP, Attribute.UNWRAP, Attribute.ENCRYPT,
-                Attribute.DECRYPT, Attribute.DERIVE, Attribute.TRUSTED,
-            ])
-        want = {
-            Attribute.KEY_TYPE: KeyType.AES, Attribute.TOKEN: True, Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False, Attribute.WRAP: True, Attribute.UNWRAP: True,
-            Attribute.ENCRYPT: False, Attribute.DECRYPT: False, Attribute.DERIVE: False,
-            Attribute.TRUSTED: True,
-        }
-        wrong = sorted(a.name for a, v in want.items() if attrs.get(a) != v)
+        attrs = self._officer.read(key, tuple(_REQUIRED),
+                                   operation="read wrapping key attributes")
+        wrong = sorted(a.name for a, v in _REQUIRED.items() if attrs.get(a) != v)
         if wrong:
             raise OperationFailed(
                 f"token {self.name}: the key labelled {label!r} is not a cluster wrapping key "
@@ -335,31 +242,11 @@ class OfficerSession:
         A key that fails its test is destroyed before the error is raised.
         """
         want = material_kcv(material)
-        template = {
-            Attribute.CLASS: _SECRET,
-            Attribute.KEY_TYPE: KeyType.AES,
-            # python-pkcs11 copies this into memory of its own: wiping `material` is all
-            # this process can do (docs/CLUSTER-KEYS.md).
-            Attribute.VALUE: bytes(material),
-            Attribute.LABEL: label,
-            Attribute.ID: CLUSTER_WRAP_ID,
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: False,  # SoftHSM: the SO can't create private objects
-            Attribute.TRUSTED: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.MODIFIABLE: False,  # nobody can drop the unwrap template later
-            Attribute.WRAP: True,
-            Attribute.UNWRAP: True,
-            Attribute.ENCRYPT: False,
-            Attribute.DECRYPT: False,
-            Attribute.SIGN: False,
-            Attribute.VERIFY: False,
-            Attribute.DERIVE: False,
-            Attribute.UNWRAP_TEMPLATE: UNWRAP_TEMPLATE,
-        }
-        with self._call("create wrapping key") as session:
-            key = session.create_object(template)
+        # python-pkcs11 copies the material into memory of its own: wiping `material` is all
+        # this process can do (docs/CLUSTER-KEYS.md).
+        key = self._officer.create_key(wrapping_key_template(label), material,
+                                       unwrap_template=UNWRAP_TEMPLATE,
+                                       operation="create wrapping key")
         try:
             self._self_test(key, material)
             kcv = self._check_value(key)
@@ -390,22 +277,18 @@ class OfficerSession:
         key = self._find(label)
         if key is None or self._check_value(key) != kcv:
             return False
-        with self._call("destroy wrapping key"):
-            key.destroy()
+        self._officer.destroy(key, operation="destroy wrapping key")
         log.info("destroyed cluster wrapping key %r on token %s (kcv %s)", label, self.name, kcv)
         return True
 
     def random(self, size: int) -> bytearray:
         """``size`` bytes from the token's random number generator."""
-        with self._call("generate random") as session:
-            return bytearray(session.generate_random(size * 8))
+        return self._officer.random(size)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _find(self, label: str) -> Any | None:
-        with self._call("find wrapping key") as session:
-            found = list(session.get_objects({Attribute.CLASS: _SECRET,
-                                              Attribute.LABEL: label}))
+    def _find(self, label: str) -> SecretKey | None:
+        found = self._officer.find_keys(label, operation="find wrapping key")
         if len(found) > 1:
             raise OperationFailed(
                 f"token {self.name}: {len(found)} secret keys are labelled {label!r}; "
@@ -414,27 +297,20 @@ class OfficerSession:
             )
         return found[0] if found else None
 
-    def _check_value(self, key: Any) -> str:
-        with self._call("read wrapping key check value"):
-            try:
-                return bytes(key[Attribute.CHECK_VALUE]).hex()
-            except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
-                return ""
+    def _check_value(self, key: SecretKey) -> str:
+        value = self._officer.check_value(key, operation="read wrapping key check value")
+        return value.hex() if value else ""
 
-    def _self_test(self, key: Any, material: bytes | bytearray) -> None:
+    def _self_test(self, key: SecretKey, material: bytes | bytearray) -> None:
         """1. A blob made in software under ``material`` unwraps under ``key`` (the HSM holds
         that material); 2. unwrapping it into a readable key is refused (the module enforces
         CKA_UNWRAP_TEMPLATE). Session objects only, destroyed at once."""
         _check_material(material)
         sample = os.urandom(MATERIAL_BYTES)
         blob = keywrap.aes_key_wrap(material, sample)
-        sealed = {Attribute.TOKEN: False, Attribute.PRIVATE: False,
-                  **{kind: value for kind, value in UNWRAP_TEMPLATE}}
         try:
-            with self._call("wrapping key self-test", integrity=True):
-                copy = key.unwrap_key(_SECRET, KeyType.AES, blob, store=False,
-                                      mechanism=Mechanism.AES_KEY_WRAP,
-                                      capabilities=MechanismFlag(0), template=sealed)
+            copy = self._officer.unwrap(key, blob, AES_KEY_WRAP, _SEALED_COPY,
+                                        operation="wrapping key self-test")
         except HSMError as exc:
             if exc.transient:
                 raise
@@ -444,15 +320,13 @@ class OfficerSession:
                 reason=Reason.WRAPPING_KEY_TEST_FAILED,
             ) from exc
         self._destroy_quietly(copy, "self-test key")
-        readable = {Attribute.TOKEN: False, Attribute.PRIVATE: False,
-                    Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
-        with self._call("wrapping key self-test"):
-            try:
-                leaked = key.unwrap_key(_SECRET, KeyType.AES, blob, store=False,
-                                        mechanism=Mechanism.AES_KEY_WRAP,
-                                        capabilities=MechanismFlag(0), template=readable)
-            except _TEMPLATE_REFUSALS:
+        try:
+            leaked = self._officer.unwrap(key, blob, AES_KEY_WRAP, _READABLE_COPY,
+                                          operation="wrapping key self-test", integrity=False)
+        except HSMError as exc:
+            if exc.reason in _TEMPLATE_REFUSALS:
                 return
+            raise
         self._destroy_quietly(leaked, "self-test key")
         raise OperationFailed(
             f"token {self.name}: the module ignores CKA_UNWRAP_TEMPLATE (it unwrapped a key "
@@ -461,13 +335,15 @@ class OfficerSession:
             reason=Reason.UNWRAP_TEMPLATE_IGNORED,
         )
 
-    def _destroy_quietly(self, key: Any, what: str) -> None:
+    def _destroy_quietly(self, key: SecretKey, what: str) -> None:
         try:
-            with self._call(f"destroy {what}"):
-                key.destroy()
+            self._officer.destroy(key, operation=f"destroy {what}")
         except HSMError as exc:
             log.error("token %s: could not destroy %s (%s); the security officer must "
                       "destroy it by hand", self.name, what, exc.reason)
+
+    def __repr__(self) -> str:
+        return f"<OfficerSession token {self.name}>"
 
 
 # -- one token -----------------------------------------------------------------------------

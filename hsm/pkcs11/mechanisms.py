@@ -24,6 +24,9 @@ import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives import keywrap
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
+from hsm.errors import Reason
+from hsm.pkcs11.translate import translate_error, translated
+
 __all__ = ["KWP_MECHANISMS", "Mechanisms", "probe"]
 
 KWP_MECHANISMS = (0x210B, 0x210A)  # CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD
@@ -70,7 +73,13 @@ def _wraps_like(wrapper: Any, target: Any, mechanism: int, expected: bytes) -> b
 
 
 def probe(session: Any) -> Mechanisms:
-    """Try each mechanism in ``session`` with session objects that are destroyed after."""
+    """Try each mechanism in ``session`` with session objects that are destroyed after.
+    A mechanism the module lacks is a finding; any other error raises, translated."""
+    with translated("probe mechanisms"):
+        return _probe(session)
+
+
+def _probe(session: Any) -> Mechanisms:
     wkey = os.urandom(32)
     made: list[Any] = []
     try:
@@ -108,8 +117,8 @@ def _probe_gcm(key: Any) -> tuple[bool, str]:
                              mechanism_param=pkcs11.GCMParams(iv, aad, 128))
         opened = key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
                              mechanism_param=pkcs11.GCMParams(iv, aad, 128))
-    except p11e.MechanismParamInvalid:
-        return True, "hsm"
-    except p11e.PKCS11Error:
+    except p11e.PKCS11Error as exc:
+        if translate_error(exc, "probe AES-GCM").reason is Reason.MECHANISM_PARAM_INVALID:
+            return True, "hsm"  # the module refuses caller-chosen IVs
         return False, ""
     return (opened == data, "caller" if opened == data else "")

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _loader_lock = threading.Lock()
 _registry: dict[tuple[int, int], Module] = {}
 _fork_epoch = 0  # bumped in a forked child: every module then re-initializes before use
+_NO_TOKEN = frozenset({Reason.TOKEN_NOT_PRESENT, Reason.TOKEN_NOT_RECOGNISED})
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,9 @@ class Module:
             try:
                 self.lib.initialize()
             except p11e.PKCS11Error as exc:
-                if "already initialized" not in str(exc):
-                    raise translate_error(exc, "initialize") from exc
+                error = translate_error(exc, "initialize")
+                if error.reason is not Reason.ALREADY_INITIALIZED:
+                    raise error from exc
                 # A C_Finalize that failed left python-pkcs11 believing the module is down
                 # while it is still up: finalize it through its own function list, retry.
                 finalize_module(self.path)
@@ -311,17 +313,24 @@ class Module:
             # Pools lending on the fast path don't notify: poll them.
             self._cond.wait(min(left, 0.002))
 
-    def finalize_behind_our_back(self, *, drain_timeout: float = 30.0) -> None:
-        """Fault injection: call the module's ``C_Finalize`` as foreign code in the process
-        would (python-pkcs11 and this object are not told), but only once no call of ours
-        is in flight: SoftHSM crashes when it is finalized under a running call, as real
-        modules may. The next calls fail "not initialized" and recovery takes over."""
+    @contextmanager
+    def quiesced(self, *, drain_timeout: float = 30.0) -> Iterator[None]:
+        """Hold every call to this module for the length of a ``with`` block.
+
+        New calls wait (as during :meth:`reinitialize`, which runs first if one is under
+        way), calls in flight and sessions lent by its pools finish first, and calls resume
+        when the block ends, whatever happens inside. For work that must never run under a
+        call of ours, e.g. foreign code finalizing the module (``hsm.testing`` does so to
+        inject faults: SoftHSM crashes when finalized under a running call). Don't call
+        the module through this object inside the block: the call would wait for its end.
+        :class:`HSMUnavailable` if calls are still in flight after ``drain_timeout`` seconds.
+        """
         with self._cond:
             while self._reinitializing:
                 self._cond.wait()
             self._drain_locked(drain_timeout)
         try:
-            finalize_module(self.path)
+            yield
         finally:
             with self._cond:
                 self._reinitializing = False
@@ -355,8 +364,10 @@ class Module:
             for slot in self.lib.get_slots(token_present=True):
                 try:
                     token = slot.get_token()
-                except (p11e.TokenNotPresent, p11e.TokenNotRecognised):
-                    continue
+                except p11e.PKCS11Error as exc:
+                    if translate_error(exc, "list tokens").reason in _NO_TOKEN:
+                        continue  # the slot is empty, or its token unusable: not ours
+                    raise
                 if not token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:
                     continue  # SoftHSM's spare empty slot: nothing to choose there
                 found.append((token.label, _token_serial(token), token))

@@ -76,6 +76,6 @@ def enable_os_locking(path: str) -> None:
 
 def finalize_module(path: str) -> int:
     """Call the module's own ``C_Finalize(NULL)``; returns its CKR code. For fault injection
-    only (see :meth:`hsm.pkcs11.Module.finalize_behind_our_back`)."""
+    only (see :meth:`hsm.pkcs11.Module.quiesced`, :func:`hsm.testing.faults.finalize_under`)."""
     _, c_finalize = _functions(path)
     return int(c_finalize(None))

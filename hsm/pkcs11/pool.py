@@ -11,6 +11,10 @@ the lease's key objects, drop the session, or (for a lost module or token) have 
 re-initialized and log in again before the next lease. Nothing made in an older module
 generation is ever used again. The pool itself never retries a call: the caller (the
 cluster layer) decides that.
+
+Longer than this package's ~400-line rule on purpose: lending, giving back, login and
+recovery share the pool's lock-free state and the hot path (:meth:`SessionPool.lend`), so
+they stay in one class. :class:`~hsm.pkcs11.lease.Lease` itself is in its own module.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from hsm.errors import (
     Reason,
     TokenNotFound,
 )
+from hsm.pkcs11.lease import Lease
 from hsm.pkcs11.module import Module, TokenSelector
 from hsm.pkcs11.pin import PinSource, Secret
 from hsm.pkcs11.translate import Recovery, recovery_for, translated
@@ -45,21 +50,6 @@ log = logging.getLogger(__name__)
 # Login is per token per process: every client of one token in this process shares a pool.
 _shared_lock = threading.Lock()
 _shared: dict[tuple[int, str], SessionPool] = {}
-
-
-class Lease:
-    """A worker session on loan, with the key objects already found in it."""
-
-    __slots__ = ("generation", "keys", "keys_epoch", "session")
-
-    def __init__(self, session: Any, generation: int, keys_epoch: int = 0) -> None:
-        self.session = session
-        self.generation = generation
-        self.keys: dict[Any, Any] = {}
-        self.keys_epoch = keys_epoch
-
-    def __repr__(self) -> str:
-        return f"Lease(generation={self.generation}, keys={len(self.keys)})"
 
 
 class _Lending:
@@ -253,7 +243,7 @@ class SessionPool:
                     if exc.transient:
                         self._broken_generation = generation
                         self._fast_generation = -1
-                    if isinstance(exc.__cause__, p11e.UserAlreadyLoggedIn):
+                    if exc.reason is Reason.USER_ALREADY_LOGGED_IN:
                         raise OperationFailed(
                             f"token {self.selector} is already logged in by other code in this "
                             "process; let hsm own the login", reason=Reason.ALREADY_LOGGED_IN,
@@ -294,9 +284,9 @@ class SessionPool:
         if self._closed:
             raise OperationFailed("session pool is closed", reason=Reason.CLOSED)
         try:
-            self._slots.get(timeout=self.acquire_timeout)
+            self._slots.get_nowait()  # a free slot, the common case: no timeout machinery
         except queue.Empty:
-            raise self._exhausted() from None
+            self._take_slot()
         module = self.module
         if module.ready and self._fast_generation == module.generation:
             generation, entered = self._fast_generation, False

@@ -77,6 +77,22 @@ _ROWS: tuple[tuple[type[Exception], type[HSMError], Reason, Recovery], ...] = (
     (p11e.ArgumentsBad, InvalidInput, Reason.ARGUMENTS_BAD, Recovery.NONE),
     (p11e.DataLenRange, InvalidInput, Reason.DATA_LENGTH, Recovery.NONE),
     (p11e.DataInvalid, InvalidInput, Reason.DATA_INVALID, Recovery.NONE),
+    # Attribute and template refusals: the edge turns the first two into "absent" results
+    # (hsm.pkcs11.objects); the template ones are what a module enforcing an unwrap
+    # template answers (the cluster wrapping key's self-test expects them).
+    (p11e.AttributeTypeInvalid, OperationFailed, Reason.ATTRIBUTE_TYPE_INVALID, Recovery.NONE),
+    (p11e.AttributeSensitive, OperationFailed, Reason.ATTRIBUTE_SENSITIVE, Recovery.NONE),
+    (p11e.AttributeValueInvalid, OperationFailed, Reason.ATTRIBUTE_VALUE_INVALID,
+     Recovery.NONE),
+    (p11e.TemplateInconsistent, OperationFailed, Reason.TEMPLATE_INCONSISTENT, Recovery.NONE),
+    (p11e.TemplateIncomplete, OperationFailed, Reason.TEMPLATE_INCOMPLETE, Recovery.NONE),
+    # Login is per token per application (FACTS): what a second login in this process gets.
+    (p11e.UserAlreadyLoggedIn, OperationFailed, Reason.USER_ALREADY_LOGGED_IN, Recovery.NONE),
+    (p11e.AnotherUserAlreadyLoggedIn, OperationFailed, Reason.ANOTHER_USER_LOGGED_IN,
+     Recovery.NONE),
+    (p11e.UserTooManyTypes, OperationFailed, Reason.USER_TOO_MANY_TYPES, Recovery.NONE),
+    (p11e.SessionReadOnlyExists, OperationFailed, Reason.SESSION_READ_ONLY_EXISTS,
+     Recovery.NONE),
 )
 
 _RECOVERY_BY_REASON = {reason: recovery for _, _, reason, recovery in _ROWS}
@@ -105,11 +121,16 @@ def translate_error(exc: p11e.PKCS11Error, operation: str, *, integrity: bool = 
             return InvalidCiphertext("ciphertext does not verify", reason=Reason.GENERAL_ERROR)
         return HSMUnavailable(f"{operation}: the HSM answered GeneralError",
                               reason=Reason.GENERAL_ERROR)
-    text = str(exc)
-    if "not initialized" in text.lower():
+    # CKR_CRYPTOKI_(NOT|ALREADY)_INITIALIZED arrive as plain PKCS11Errors: their message is
+    # all that tells them apart (the only place that reads one).
+    text = str(exc).lower()
+    if "not initialized" in text:
         return HSMUnavailable(
             f"{operation}: the PKCS#11 module is not initialized", reason=Reason.NOT_INITIALIZED
         )
+    if "already initialized" in text:
+        return OperationFailed(f"{operation}: the PKCS#11 module is already initialized",
+                               reason=Reason.ALREADY_INITIALIZED)
     return OperationFailed(
         f"{operation}: the HSM answered {type(exc).__name__}",
         reason=Reason.PKCS11_ERROR,

@@ -1,8 +1,14 @@
 """In-memory cluster members for testing cluster logic (routing, failover, quorum, resync)
 without an HSM. Real cryptography, same blob format, programmable faults.
 
+A :class:`FakeMember` follows the same seam as a real member: it opens, closes, answers a
+ping and hands out its keyring, a :class:`FakeKeyring` with the real keyring's methods::
+
     a, b = FakeMember("a"), FakeMember("b")
     cluster = Cluster([a, b], quorum=2, monitor=False, clock=fake_clock)
+    cluster.open()
+    key = cluster.create_key()
+    cluster.call(Operation.GENERATE_DATA_KEY, lambda ring: ring.generate_data_key(key.key_id))
     a.fail()                 # every call raises HSMUnavailable(device_error) until heal()
     b.fail_next(2)           # the next two calls fail
     a.hang()                 # calls block until heal()
@@ -17,6 +23,7 @@ import os
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -37,7 +44,7 @@ from hsm.keys import DataKey, KeyInfo
 from hsm.keys.blob import DIRECT, SEALED_KEY, BlobKind, SealedBlob, parse_blob
 from hsm.keys.keyring import direct_plaintext
 
-__all__ = ["FakeMember"]
+__all__ = ["FakeKeyring", "FakeMember"]
 
 # Stands for the trusted cluster wrapping key that `hsm cluster init` puts on every member.
 _CLUSTER_KEY = bytes(range(32))
@@ -49,7 +56,8 @@ def _kcv(material: bytes) -> str:
 
 
 class FakeMember:
-    """A member in memory, with faults switched on and off by the test."""
+    """A member in memory, with faults switched on and off by the test. Its keys and the
+    count of calls by operation (``calls["unwrap"]``) are there to look at."""
 
     def __init__(self, name: str, *, cluster_key: bytes = _CLUSTER_KEY) -> None:
         self.name = name
@@ -64,6 +72,7 @@ class FakeMember:
         self._hang = threading.Event()
         self._hang.set()
         self._lock = threading.Lock()
+        self._keyring = FakeKeyring(self)
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -100,7 +109,13 @@ class FakeMember:
         if self._error is not None:
             raise self._error
 
-    # -- MemberBackend -----------------------------------------------------------------------
+    # -- the member seam ------------------------------------------------------------------
+
+    @property
+    def keyring(self) -> FakeKeyring:
+        if not self.opened:
+            raise HSMUnavailable(f"member {self.name} is not connected", reason=Reason.NOT_OPEN)
+        return self._keyring
 
     def open(self) -> None:
         self._enter("open")
@@ -110,7 +125,29 @@ class FakeMember:
         self.opened = False
 
     def ping(self) -> None:
+        """Like a real member's: opens if needed, then a call that needs the token."""
+        if not self.opened:
+            self.open()
         self._enter("ping")
+
+    def __repr__(self) -> str:
+        return f"<FakeMember {self.name} keys={len(self.keys)}{' faulty' if self.faulty else ''}>"
+
+
+class FakeKeyring:
+    """The keyring of a :class:`FakeMember`: the real keyring's operations, in memory, each
+    going through the member's faults first."""
+
+    def __init__(self, member: FakeMember) -> None:
+        self.member = member
+        self.name = member.name
+
+    @property
+    def keys(self) -> dict[tuple[str, int], bytes]:
+        return self.member.keys
+
+    def _enter(self, op: str) -> None:
+        self.member._enter(op)
 
     def _material(self, key_id: str, version: int) -> bytes:
         try:
@@ -125,7 +162,7 @@ class FakeMember:
             raise KeyNotFound(f"no master key {key_id} on {self.name}", reason=Reason.KEY_NOT_FOUND)
         return max(versions)
 
-    def _seal(self, key_id: str, plaintext: bytes, context: Any,
+    def _seal(self, key_id: str, plaintext: bytes, context: Mapping[str, str] | None,
               kind: BlobKind = SEALED_KEY) -> bytes:
         ctx = encode_context(context)
         version = self._latest(key_id)
@@ -134,36 +171,40 @@ class FakeMember:
         sealed = AESGCM(self._material(key_id, version)).encrypt(iv, plaintext, header + ctx)
         return header + sealed
 
-    def generate_data_key(self, key_id: str, context: Any) -> DataKey:
+    def generate_data_key(self, key_id: str, context: Mapping[str, str] | None = None, *,
+                          size: int = 32) -> DataKey:
         self._enter("generate_data_key")
-        plaintext = bytearray(os.urandom(32))
+        plaintext = bytearray(os.urandom(size))
         blob = self._seal(key_id, bytes(plaintext), context)
         return DataKey(key_id, parse_blob(blob).version, plaintext, blob)
 
-    def wrap(self, key_id: str, plaintext: bytes | bytearray, context: Any) -> bytes:
+    def wrap(self, key_id: str, plaintext: bytes | bytearray,
+             context: Mapping[str, str] | None = None) -> bytes:
         self._enter("wrap")
         if not plaintext:
             raise InvalidInput("key material must not be empty")
         return self._seal(key_id, bytes(plaintext), context)
 
-    def unwrap(self, blob: bytes, context: Any) -> bytearray:
-        self._enter("unwrap")
-        return bytearray(self._open(blob, context, SEALED_KEY))
+    def unwrap(self, blob: bytes, context: Mapping[str, str] | None = None) -> bytearray:
+        return bytearray(self._open(blob, context, SEALED_KEY, "unwrap"))
 
     def encrypt_direct(self, key_id: str, plaintext: bytes | bytearray | memoryview,
-                       context: Any) -> bytes:
+                       context: Mapping[str, str] | None = None) -> bytes:
         self._enter("encrypt_direct")
         return self._seal(key_id, direct_plaintext(plaintext), context, DIRECT)
 
-    def decrypt_direct(self, blob: bytes, context: Any) -> bytes:
-        self._enter("decrypt_direct")
-        return self._open(blob, context, DIRECT)
+    def decrypt_direct(self, blob: bytes, context: Mapping[str, str] | None = None) -> bytes:
+        return self._open(blob, context, DIRECT, "decrypt_direct")
 
-    def _open(self, blob: bytes, context: Any, kind: BlobKind) -> bytes:
+    def _open(self, blob: bytes, context: Mapping[str, str] | None, kind: BlobKind,
+              op: str) -> bytes:
+        # As in the real keyring, the blob and the context are checked before the HSM (here:
+        # the member's faults and its call count) is asked anything.
         sealed = parse_blob(blob, kind)
         ctx = encode_context(context)
+        self._enter(op)
         material = self._material(sealed.key_id, sealed.version)
-        if self.corrupt:
+        if self.member.corrupt:
             raise InvalidCiphertext("ciphertext does not verify", reason=Reason.GENERAL_ERROR)
         try:
             return AESGCM(material).decrypt(sealed.iv, sealed.ciphertext, sealed.header + ctx)
@@ -174,8 +215,10 @@ class FakeMember:
         self._enter("generate_random")
         return os.urandom(size)
 
-    def create_key(self, key_id: str, version: int, replicable: bool) -> KeyInfo:
+    def create_key(self, *, key_id: str | None = None, version: int = 1,
+                   replicable: bool = False) -> KeyInfo:
         self._enter("create_key")
+        key_id = str(uuid.uuid4()) if key_id is None else key_id
         material = os.urandom(32)
         self.keys[(key_id, version)] = material
         return KeyInfo(key_id, version, _kcv(material))
@@ -190,14 +233,14 @@ class FakeMember:
         self._enter("list_keys")
         return [KeyInfo(k, v, _kcv(m)) for (k, v), m in sorted(self.keys.items())]
 
-    def key_info(self, key_id: str, version: int | None) -> KeyInfo:
+    def key_info(self, key_id: str, version: int | None = None) -> KeyInfo:
         self._enter("key_info")
         version = version or self._latest(key_id)
         return KeyInfo(key_id, version, _kcv(self._material(key_id, version)))
 
     def export_key(self, key_id: str, version: int) -> bytes:
         self._enter("export_key")
-        return aes_key_wrap(self.cluster_key, self._material(key_id, version))
+        return aes_key_wrap(self.member.cluster_key, self._material(key_id, version))
 
     def import_key(self, key_id: str, version: int, wrapped: bytes, *,
                    expected_kcv: str | None = None) -> KeyInfo:
@@ -207,7 +250,7 @@ class FakeMember:
         existing = self.keys.get((key_id, version))
         if existing is None:
             try:
-                material = aes_key_unwrap(self.cluster_key, wrapped)
+                material = aes_key_unwrap(self.member.cluster_key, wrapped)
             except InvalidUnwrap:
                 raise InvalidCiphertext("wrapped key does not verify",
                                         reason=Reason.WRAPPED_KEY_INVALID) from None
@@ -219,8 +262,6 @@ class FakeMember:
         return KeyInfo(key_id, version, _kcv(self.keys[(key_id, version)]))
 
     def describe(self) -> dict[str, Any]:
+        self._enter("describe")
         return {"module": "fake", "token_label": self.name, "token_serial": self.name,
                 "os_locking": True, "mechanisms": {}, "keys": len(self.keys)}
-
-    def __repr__(self) -> str:
-        return f"<FakeMember {self.name} keys={len(self.keys)}{' faulty' if self.faulty else ''}>"

@@ -9,20 +9,24 @@ Fixtures (all function scope, each test gets fresh tokens in its own ``tmp_path`
 - ``hsm_config``: the path of that harness's ``hsm.toml``.
 - ``hsm_client``: ``hsm.open(hsm_config)``, closed after the test.
 
-Importing this plugin stays light: it never imports ``pkcs11`` or the client; ``hsm_client``
-imports :mod:`hsm` only when a test asks for it.
+Importing this plugin stays light (pytest loads it in every session of every project that
+installs ``hsm``): it never imports ``pkcs11``, the client or the cluster. The fixtures that
+need them import them when a test asks for them (``tests/testing/test_imports.py`` checks).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from hsm.testing.softhsm import Harness, harness_down, harness_up
+from hsm.testing.harness import harness_down, harness_up
+from hsm.testing.layout import Harness
+
+if TYPE_CHECKING:
+    from hsm.client import Client
 
 __all__ = [
     "HarnessFactory",
@@ -76,8 +80,9 @@ def hsm_config(hsm_harness: Harness) -> Path:
 
 
 @pytest.fixture
-def hsm_client(hsm_config: Path) -> Iterator[Any]:
+def hsm_client(hsm_config: Path) -> Iterator[Client]:
     """A client opened on ``hsm_config`` with ``hsm.open``, closed after the test."""
-    hsm = importlib.import_module("hsm")  # lazily: the plugin must import without the client
-    with hsm.open(hsm_config) as client:
+    from hsm.client import open as open_client  # here: the plugin imports without the client
+
+    with open_client(hsm_config) as client:
         yield client

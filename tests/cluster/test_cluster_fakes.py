@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
 import hsm
-from hsm.cluster import Cluster, State
+from hsm.cluster import Cluster, Operation, State
 from hsm.errors import Reason
-from hsm.testing.fakes import FakeMember
+from hsm.keys import DataKey
+from hsm.testing.fakes import FakeKeyring, FakeMember
+
+
+def gdk(cluster: Cluster[FakeKeyring], key_id: str,
+        context: Mapping[str, str] | None = None) -> DataKey:
+    return cluster.call(Operation.GENERATE_DATA_KEY,
+                        lambda ring: ring.generate_data_key(key_id, context))
+
+
+def unwrap(cluster: Cluster[FakeKeyring], blob: bytes,
+           context: Mapping[str, str] | None = None) -> bytearray:
+    return cluster.call(Operation.UNWRAP, lambda ring: ring.unwrap(blob, context))
+
+
+def wrap(cluster: Cluster[FakeKeyring], key_id: str, plaintext: bytes,
+         context: Mapping[str, str] | None = None) -> bytes:
+    return cluster.call(Operation.WRAP, lambda ring: ring.wrap(key_id, plaintext, context))
+
 
 CTX = {"tenant": "acme"}
+Fakes = tuple[Cluster[FakeKeyring], list[FakeMember]]
 
 
 class Clock:
@@ -28,7 +47,7 @@ def clock() -> Clock:
     return Clock()
 
 
-def make(n: int, clock: Clock, **kw: object) -> tuple[Cluster, list[FakeMember]]:
+def make(n: int, clock: Clock, **kw: object) -> Fakes:
     members = [FakeMember(f"m{i}") for i in range(n)]
     cluster = Cluster(members, monitor=False, clock=clock, **kw)  # type: ignore[arg-type]
     cluster.open()
@@ -36,7 +55,7 @@ def make(n: int, clock: Clock, **kw: object) -> tuple[Cluster, list[FakeMember]]
 
 
 @pytest.fixture
-def three(clock: Clock) -> Iterator[tuple[Cluster, list[FakeMember]]]:
+def three(clock: Clock) -> Iterator[Fakes]:
     cluster, members = make(3, clock, quorum=2, deadline_ms=200)
     yield cluster, members
     for m in members:
@@ -44,77 +63,77 @@ def three(clock: Clock) -> Iterator[tuple[Cluster, list[FakeMember]]]:
     cluster.close()
 
 
-def test_failover_mode_uses_the_first_healthy_member(three: tuple[Cluster, list[FakeMember]],
+def test_failover_mode_uses_the_first_healthy_member(three: Fakes,
                                                      ) -> None:
     """In failover mode every call goes to the first member while it is healthy."""
     cluster, (a, b, c) = three
     key = cluster.create_key()
     for _ in range(5):
-        cluster.generate_data_key(key.key_id, CTX)
+        gdk(cluster, key.key_id, CTX)
     assert a.calls["generate_data_key"] == 5
     assert b.calls["generate_data_key"] == c.calls["generate_data_key"] == 0
 
 
 def test_transient_error_fails_over_and_marks_the_member_down(
-    three: tuple[Cluster, list[FakeMember]],
+    three: Fakes,
 ) -> None:
     """A device error on the primary moves the call on; the primary is down and gets no
     more work, and the call still succeeds."""
     cluster, (a, b, _) = three
     key = cluster.create_key()
-    dk = cluster.generate_data_key(key.key_id, CTX)
+    dk = gdk(cluster, key.key_id, CTX)
     a.fail()
-    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+    assert unwrap(cluster, dk.wrapped, CTX) == dk.plaintext
     assert cluster.state_of("m0") is State.DOWN
-    cluster.unwrap(dk.wrapped, CTX)
+    unwrap(cluster, dk.wrapped, CTX)
     assert a.calls["unwrap"] == 1
     assert b.calls["unwrap"] == 2
     assert cluster.metrics.failovers.labels("m0")._value.get() == 1
 
 
-def test_business_errors_do_not_change_health(three: tuple[Cluster, list[FakeMember]]) -> None:
+def test_business_errors_do_not_change_health(three: Fakes) -> None:
     """A wrong context or an unknown key is the caller's mistake: no member goes down."""
     cluster, members = three
     key = cluster.create_key()
-    dk = cluster.generate_data_key(key.key_id, CTX)
+    dk = gdk(cluster, key.key_id, CTX)
     with pytest.raises(hsm.InvalidCiphertext):
-        cluster.unwrap(dk.wrapped, {"tenant": "evil"})
+        unwrap(cluster, dk.wrapped, {"tenant": "evil"})
     with pytest.raises(hsm.KeyNotFound):
-        cluster.generate_data_key("00000000-0000-4000-8000-000000000000", CTX)
+        gdk(cluster, "00000000-0000-4000-8000-000000000000", CTX)
     with pytest.raises(hsm.InvalidContext):
-        cluster.generate_data_key(key.key_id, {"a": 1})
+        gdk(cluster, key.key_id, {"a": 1})  # type: ignore[dict-item]
     assert all(cluster.state_of(m.name) is State.HEALTHY for m in members)
 
 
 def test_a_faulty_member_cannot_turn_good_ciphertext_bad(
-    three: tuple[Cluster, list[FakeMember]],
+    three: Fakes,
 ) -> None:
     """A member that says "does not verify" to a good blob is overruled by the next one,
     and taken out of service."""
     cluster, (a, b, _) = three
     key = cluster.create_key()
-    dk = cluster.generate_data_key(key.key_id, CTX)
+    dk = gdk(cluster, key.key_id, CTX)
     a.corrupt = True
-    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+    assert unwrap(cluster, dk.wrapped, CTX) == dk.plaintext
     assert b.calls["unwrap"] == 1
     assert cluster.state_of("m0") is State.DOWN
 
 
 def test_real_tampering_is_confirmed_by_a_second_member(
-    three: tuple[Cluster, list[FakeMember]],
+    three: Fakes,
 ) -> None:
     """A tampered blob is refused by every member, then InvalidCiphertext is raised."""
     cluster, (a, b, c) = three
     key = cluster.create_key()
-    blob = bytearray(cluster.wrap(key.key_id, bytes(32), CTX))
+    blob = bytearray(wrap(cluster, key.key_id, bytes(32), CTX))
     blob[-1] ^= 1
     with pytest.raises(hsm.InvalidCiphertext):
-        cluster.unwrap(bytes(blob), CTX)
+        unwrap(cluster, bytes(blob), CTX)
     assert a.calls["unwrap"] == b.calls["unwrap"] == c.calls["unwrap"] == 1
     assert all(cluster.state_of(m.name) is State.HEALTHY for m in (a, b, c))
 
 
-def test_create_is_never_repeated_elsewhere(three: tuple[Cluster, list[FakeMember]]) -> None:
+def test_create_is_never_repeated_elsewhere(three: Fakes) -> None:
     """A transient error while creating a key raises; no other member is asked to create."""
     cluster, (a, b, c) = three
     a.fail_next(1)
@@ -124,42 +143,42 @@ def test_create_is_never_repeated_elsewhere(three: tuple[Cluster, list[FakeMembe
     assert b.calls["create_key"] == c.calls["create_key"] == 0
 
 
-def test_every_member_down_gives_all_attempts(three: tuple[Cluster, list[FakeMember]]) -> None:
+def test_every_member_down_gives_all_attempts(three: Fakes) -> None:
     """When no member can serve, ClusterUnavailable lists an attempt per member."""
     cluster, members = three
     key = cluster.create_key()
     for m in members:
         m.fail()
     with pytest.raises(hsm.ClusterUnavailable) as info:
-        cluster.generate_data_key(key.key_id, CTX)
+        gdk(cluster, key.key_id, CTX)
     assert sorted(a.member for a in info.value.attempts) == ["m0", "m1", "m2"]
 
 
-def test_down_members_are_a_last_resort(three: tuple[Cluster, list[FakeMember]]) -> None:
+def test_down_members_are_a_last_resort(three: Fakes) -> None:
     """With every member marked down but one actually working, calls still succeed."""
     cluster, (a, b, c) = three
     key = cluster.create_key()
     for m in (a, b, c):
         m.fail()
     with pytest.raises(hsm.ClusterUnavailable):
-        cluster.generate_data_key(key.key_id, CTX)
+        gdk(cluster, key.key_id, CTX)
     c.heal()
-    dk = cluster.generate_data_key(key.key_id, CTX)
-    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+    dk = gdk(cluster, key.key_id, CTX)
+    assert unwrap(cluster, dk.wrapped, CTX) == dk.plaintext
 
 
 def test_a_hang_costs_one_deadline_and_makes_the_member_suspect(
-    three: tuple[Cluster, list[FakeMember]],
+    three: Fakes,
 ) -> None:
     """A hung member is given up after the deadline, the call succeeds elsewhere, the member
     is suspect (no new work) until the hung call returns."""
     cluster, (a, b, _) = three
     key = cluster.create_key()
     a.hang()
-    dk = cluster.generate_data_key(key.key_id, CTX)
+    dk = gdk(cluster, key.key_id, CTX)
     assert b.calls["generate_data_key"] == 1
     assert cluster.state_of("m0") is State.SUSPECT
-    cluster.generate_data_key(key.key_id, CTX)
+    gdk(cluster, key.key_id, CTX)
     assert a.calls["generate_data_key"] == 1  # no new work while suspect
     a.heal()
     for _ in range(200):
@@ -167,7 +186,7 @@ def test_a_hang_costs_one_deadline_and_makes_the_member_suspect(
             break
         threading.Event().wait(0.01)
     assert cluster.state_of("m0") is State.HEALTHY
-    assert cluster.unwrap(dk.wrapped, CTX) == dk.plaintext
+    assert unwrap(cluster, dk.wrapped, CTX) == dk.plaintext
 
 
 def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
@@ -179,7 +198,7 @@ def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
         done = threading.Event()
 
         def slow() -> None:
-            cluster.generate_data_key(key.key_id, CTX)
+            gdk(cluster, key.key_id, CTX)
             done.set()
 
         cluster.deadline = 5.0
@@ -189,7 +208,7 @@ def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
             if cluster.health["m0"].outstanding:
                 break
             threading.Event().wait(0.005)
-        cluster.generate_data_key(key.key_id, CTX)
+        gdk(cluster, key.key_id, CTX)
         assert b.calls["generate_data_key"] == 1
         a.heal()
         t.join(5)
@@ -198,13 +217,13 @@ def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
         cluster.close()
 
 
-def test_quorum_creation_and_pending_replication(three: tuple[Cluster, list[FakeMember]],
+def test_quorum_creation_and_pending_replication(three: Fakes,
                                                  clock: Clock) -> None:
     """With one member down a key still reaches quorum 2; the down member gets it when it is
     re-admitted, with the same KCV."""
     cluster, (_a, _b, c) = three
     c.fail()
-    cluster.generate_random(1)  # no effect on c: it is not asked
+    cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(1))  # c is not asked
     cluster.health["m2"].failed(Reason.DEVICE_ERROR)
     key = cluster.create_key()
     assert (key.key_id, 1) in cluster.pending["m2"]
@@ -213,12 +232,12 @@ def test_quorum_creation_and_pending_replication(three: tuple[Cluster, list[Fake
     clock.now += 10
     cluster.check_members()
     assert cluster.state_of("m2") is State.HEALTHY
-    assert c.key_info(key.key_id, 1).kcv == key.kcv
+    assert c.keyring.key_info(key.key_id, 1).kcv == key.kcv
     assert not cluster.pending["m2"]
     assert cluster.verify().ok
 
 
-def test_too_few_members_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> None:
+def test_too_few_members_rolls_back(three: Fakes) -> None:
     """If the copies can't reach quorum, the key is destroyed everywhere and the error says
     why."""
     cluster, (a, b, c) = three
@@ -231,7 +250,7 @@ def test_too_few_members_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> 
     assert not c.keys
 
 
-def test_kcv_mismatch_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> None:
+def test_kcv_mismatch_rolls_back(three: Fakes) -> None:
     """A copy whose KCV differs (a member with another wrapping key) aborts creation."""
     cluster, (a, b, c) = three
 
@@ -239,7 +258,7 @@ def test_kcv_mismatch_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> Non
                expected_kcv: str | None = None) -> hsm.KeyInfo:
         raise hsm.InvalidCiphertext("imported key has another KCV", reason=hsm.Reason.KCV_MISMATCH)
 
-    b.import_key = refuse  # type: ignore[method-assign]
+    b.keyring.import_key = refuse  # type: ignore[method-assign]
     with pytest.raises(hsm.ReplicationError, match="m1"):
         cluster.create_key()
     assert not a.keys
@@ -248,7 +267,7 @@ def test_kcv_mismatch_rolls_back(three: tuple[Cluster, list[FakeMember]]) -> Non
 
 
 def test_a_member_with_another_wrapping_key_is_left_out(
-    three: tuple[Cluster, list[FakeMember]],
+    three: Fakes,
 ) -> None:
     """A member whose cluster wrapping key differs can't open the copy: the key still
     reaches quorum on the others, and verify() reports the member missing it."""
@@ -263,7 +282,7 @@ def test_a_member_with_another_wrapping_key_is_left_out(
     assert {m.name: m.missing for m in report.members}["m1"] == [(key.key_id, 1)]
 
 
-def test_verify_reports_drift_member_by_member(three: tuple[Cluster, list[FakeMember]]) -> None:
+def test_verify_reports_drift_member_by_member(three: Fakes) -> None:
     """verify() names the keys each member lacks or holds with another KCV."""
     cluster, (_a, b, c) = three
     key = cluster.create_key()
@@ -283,10 +302,10 @@ def test_single_member_cluster_raises_the_members_error(clock: Clock) -> None:
         key = cluster.create_key()
         a.fail()
         with pytest.raises(hsm.HSMUnavailable) as info:
-            cluster.generate_data_key(key.key_id, CTX)
+            gdk(cluster, key.key_id, CTX)
         assert info.value.reason == "device_error"
         a.heal()
-        assert cluster.generate_data_key(key.key_id, CTX).key_id == key.key_id
+        assert gdk(cluster, key.key_id, CTX).key_id == key.key_id
     finally:
         cluster.close()
 
@@ -300,17 +319,17 @@ def test_wrong_configuration_fails_at_open(clock: Clock) -> None:
     assert not a.opened
 
 
-def test_metrics_and_state_logs(three: tuple[Cluster, list[FakeMember]], clock: Clock,
+def test_metrics_and_state_logs(three: Fakes, clock: Clock,
                                 caplog: pytest.LogCaptureFixture) -> None:
     """Calls, errors, failovers, state and re-admissions show in the Prometheus registry;
     each state change is logged with structured fields."""
     from prometheus_client import generate_latest
 
     cluster, (a, _, _) = three
-    caplog.set_level("INFO", logger="hsm.cluster.cluster")
+    caplog.set_level("INFO", logger="hsm.cluster")
     key = cluster.create_key()
     a.fail()
-    cluster.generate_data_key(key.key_id, CTX)
+    gdk(cluster, key.key_id, CTX)
     a.heal()
     clock.now += 10
     cluster.check_members()
@@ -325,3 +344,77 @@ def test_metrics_and_state_logs(three: tuple[Cluster, list[FakeMember]], clock: 
     assert [(r.__dict__["old"], r.__dict__["new"]) for r in events] == [
         ("healthy", "down"), ("down", "healthy")]
     assert cluster.counters("m0")["calls"] >= 2
+
+
+# -- the seam: an operation is a call on a member's keyring -------------------------------
+
+
+def test_generate_random_goes_through_the_seam_and_fails_over(
+    three: Fakes,
+) -> None:
+    """``generate_random`` is a call on a keyring with an Operation: it fails over like any
+    idempotent call, with no method for it in the cluster."""
+    cluster, (a, b, _) = three
+    assert len(cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(16))) == 16
+    a.fail()
+    assert len(cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(8))) == 8
+    assert b.calls["generate_random"] == 1
+    assert cluster.state_of("m0") is State.DOWN
+
+
+def test_a_state_changing_call_is_not_repeated_elsewhere(
+    three: Fakes,
+) -> None:
+    """A call whose Operation is not idempotent (create) raises the first member's error
+    and never reaches another member."""
+    cluster, (a, b, c) = three
+    a.fail()
+    with pytest.raises(hsm.HSMUnavailable):
+        cluster.call(Operation.CREATE_KEY, lambda ring: ring.create_key())
+    assert b.calls["create_key"] == c.calls["create_key"] == 0
+
+
+def test_describe_goes_to_the_member_asked_under_the_deadline(
+    three: Fakes,
+) -> None:
+    """``describe`` runs on the member named, through the same seam; a hung member answers
+    with a deadline error instead of hanging the caller, and turns suspect."""
+    cluster, (a, b, _) = three
+    info = cluster.call_on(b, Operation.DESCRIBE, lambda ring: ring.describe())
+    assert info["token_label"] == "m1"
+    assert a.calls["describe"] == 0
+    a.hang()
+    try:
+        with pytest.raises(hsm.HSMUnavailable) as caught:
+            cluster.call_on(a, Operation.DESCRIBE, lambda ring: ring.describe())
+        assert caught.value.reason is Reason.DEADLINE
+        assert cluster.state_of("m0") is State.SUSPECT
+    finally:
+        a.heal()
+
+
+def test_the_cluster_has_no_method_per_operation() -> None:
+    """Routing knows no operation: the cluster offers the seam, placement and reports, and
+    none of the keyring's data calls."""
+    for name in ("generate_data_key", "wrap", "unwrap", "encrypt_direct", "decrypt_direct",
+                 "generate_random", "list_keys", "key_info", "describe"):
+        assert not hasattr(Cluster, name), name
+
+
+def test_every_operation_says_whether_it_may_be_repeated() -> None:
+    """Exactly the state changes that are not idempotent (create, destroy) are never
+    repeated; import changes state but is idempotent."""
+    assert {op for op in Operation if not op.idempotent} == {Operation.CREATE_KEY,
+                                                             Operation.DESTROY_KEY}
+    assert {op for op in Operation if op.changes_state} == {
+        Operation.CREATE_KEY, Operation.DESTROY_KEY, Operation.IMPORT_KEY}
+
+
+def test_a_closed_cluster_says_so(clock: Clock) -> None:
+    """A call on a cluster that is not open is refused with ``not_open``, for one member
+    and for several."""
+    for n in (1, 2):
+        cluster = Cluster([FakeMember(f"m{i}") for i in range(n)], monitor=False, clock=clock)
+        with pytest.raises(hsm.OperationFailed) as caught:
+            cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(1))
+        assert caught.value.reason is Reason.NOT_OPEN

@@ -63,8 +63,8 @@ def test_keys_reach_every_member_with_one_kcv(cluster3: tuple[Harness, FaultInje
         key = client.create_key()
         dk = client.generate_data_key(key.key_id, CTX)
         for member in client.members:
-            assert member.key_info(key.key_id, 1).kcv == key.kcv
-            assert member.unwrap(dk.wrapped, CTX) == dk.plaintext
+            assert member.keyring.key_info(key.key_id, 1).kcv == key.kcv
+            assert member.keyring.unwrap(dk.wrapped, CTX) == dk.plaintext
         assert client.verify().ok
 
 
@@ -80,9 +80,12 @@ def test_device_error_on_the_primary_fails_over_and_heals(
         dk = client.generate_data_key(key.key_id, CTX)
         assert client.unwrap(dk.wrapped, CTX) == dk.plaintext
         assert client.cluster.state_of("hsm-a") is State.DOWN
+        down = {s.name: s for s in client.status()}["hsm-a"]
+        assert (down.state, down.reason) == ("down", "device_error")
         injector.heal("hsm-a")
         assert _wait(lambda: client.cluster.state_of("hsm-a") is State.HEALTHY)
         status = {s.name: s for s in client.status()}
+        assert status["hsm-a"].reason == "re-admitted"
         assert status["hsm-a"].readmissions == 1
         assert status["hsm-a"].failovers >= 1
 
@@ -118,7 +121,7 @@ def test_a_member_down_at_creation_gets_the_key_on_return(
         injector.heal("hsm-c")
         assert _wait(lambda: client.cluster.state_of("hsm-c") is State.HEALTHY)
         member_c = client.members[2]
-        assert member_c.key_info(key.key_id, 1).kcv == key.kcv
+        assert member_c.keyring.key_info(key.key_id, 1).kcv == key.kcv
         assert client.verify().ok
 
 
@@ -134,7 +137,7 @@ def test_quorum_not_reached_rolls_back(tmp_path: Path) -> None:
                 client.create_key()
             injector.heal("hsm-c")
             for member in client.members[:2]:
-                assert member.list_keys() == []
+                assert member.keyring.list_keys() == []
     finally:
         harness_down(harness.directory)
 
@@ -205,5 +208,5 @@ def test_two_tokens_of_one_module_form_a_cluster(tmp_path: Path) -> None:
         assert client.members[0].module is client.members[1].module
         key = client.create_key()
         dk = client.generate_data_key(key.key_id, CTX)
-        assert client.members[1].unwrap(dk.wrapped, CTX) == dk.plaintext
+        assert client.members[1].keyring.unwrap(dk.wrapped, CTX) == dk.plaintext
         assert client.verify().ok

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import hsm
-from hsm.cluster.policy import Attempt, Decision, FailoverPolicy, Operation, exhausted
+from hsm.cluster.operations import Operation
+from hsm.cluster.policy import Attempt, Decision, FailoverPolicy, exhausted
 
 DEVICE = hsm.HSMUnavailable("x", reason=hsm.Reason.DEVICE_ERROR)
 BAD = hsm.InvalidCiphertext("x")

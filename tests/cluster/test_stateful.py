@@ -8,13 +8,28 @@ Invariants checked after every step:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import hsm
-from hsm.cluster import Cluster
-from hsm.testing.fakes import FakeMember
+from hsm.cluster import Cluster, Operation
+from hsm.keys import DataKey
+from hsm.testing.fakes import FakeKeyring, FakeMember
+
+
+def gdk(cluster: Cluster[FakeKeyring], key_id: str,
+        context: Mapping[str, str] | None = None) -> DataKey:
+    return cluster.call(Operation.GENERATE_DATA_KEY,
+                        lambda ring: ring.generate_data_key(key_id, context))
+
+
+def unwrap(cluster: Cluster[FakeKeyring], blob: bytes,
+           context: Mapping[str, str] | None = None) -> bytearray:
+    return cluster.call(Operation.UNWRAP, lambda ring: ring.unwrap(blob, context))
+
 
 N = 3
 QUORUM = 2
@@ -76,7 +91,7 @@ class ClusterMachine(RuleBasedStateMachine):
         key_id = data.draw(st.sampled_from(sorted(self.keys)))
         ok = self._servable(key_id)
         try:
-            dk = self.cluster.generate_data_key(key_id, {"k": "v"})
+            dk = gdk(self.cluster, key_id, {"k": "v"})
         except hsm.HSMError as exc:
             if ok:
                 raise AssertionError("generate failed with a good member holding the key"
@@ -91,7 +106,7 @@ class ClusterMachine(RuleBasedStateMachine):
         key_id, blob, plaintext = data.draw(st.sampled_from(self.blobs))
         ok = self._servable(key_id)
         try:
-            got = self.cluster.unwrap(blob, {"k": "v"})
+            got = unwrap(self.cluster, blob, {"k": "v"})
         except hsm.HSMError as exc:
             if ok:
                 raise AssertionError("unwrap failed with a good member holding the key"
@@ -106,7 +121,7 @@ class ClusterMachine(RuleBasedStateMachine):
         for key_id, kcv in self.keys.items():
             holders = [m for m in self.members if (key_id, 1) in m.keys]
             assert len(holders) >= QUORUM
-            assert {m.key_info(key_id, 1).kcv for m in holders if not m.faulty} <= {kcv}
+            assert {m.keyring.key_info(key_id, 1).kcv for m in holders if not m.faulty} <= {kcv}
 
     @invariant()
     def no_orphans(self) -> None:

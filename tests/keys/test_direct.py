@@ -4,7 +4,7 @@ the HSM, no data key; on a real SoftHSM token and on a cluster of in-memory memb
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -12,7 +12,29 @@ import hsm
 from hsm.cluster import Cluster, Operation, State
 from hsm.keys import KeyInfo, parse_blob
 from hsm.keys.blob import DIRECT, HEADER_SIZE, SEALED_KEY, TAG_SIZE, parse_fields
-from hsm.testing.fakes import FakeMember
+from hsm.testing.fakes import FakeKeyring, FakeMember
+
+
+def unwrap(cluster: Cluster[FakeKeyring], blob: bytes,
+           context: Mapping[str, str] | None = None) -> bytearray:
+    return cluster.call(Operation.UNWRAP, lambda ring: ring.unwrap(blob, context))
+
+
+def wrap(cluster: Cluster[FakeKeyring], key_id: str, plaintext: bytes,
+         context: Mapping[str, str] | None = None) -> bytes:
+    return cluster.call(Operation.WRAP, lambda ring: ring.wrap(key_id, plaintext, context))
+
+
+def encrypt_direct(cluster: Cluster[FakeKeyring], key_id: str, plaintext: bytes,
+                   context: Mapping[str, str] | None = None) -> bytes:
+    return cluster.call(Operation.ENCRYPT_DIRECT,
+                        lambda ring: ring.encrypt_direct(key_id, plaintext, context))
+
+
+def decrypt_direct(cluster: Cluster[FakeKeyring], blob: bytes,
+                   context: Mapping[str, str] | None = None) -> bytes:
+    return cluster.call(Operation.DECRYPT_DIRECT, lambda ring: ring.decrypt_direct(blob, context))
+
 
 CTX = {"tenant": "acme"}
 
@@ -134,7 +156,7 @@ def test_direct_blob_is_refused_by_unwrap(client: hsm.Client, master_key: KeyInf
     blob = client.encrypt_direct(master_key.key_id, bytes(32), CTX)
     with pytest.raises(hsm.InvalidCiphertext) as info:
         client.unwrap(blob, CTX)
-    assert info.value.reason == "malformed"
+    assert info.value.reason is hsm.Reason.MALFORMED
     assert "decrypt_direct" in str(info.value)
 
 
@@ -147,7 +169,7 @@ def test_sealed_key_is_refused_by_decrypt_direct(client: hsm.Client, master_key:
             client.decrypt_direct(dk.wrapped, CTX)
     finally:
         dk.wipe()
-    assert info.value.reason == "malformed"
+    assert info.value.reason is hsm.Reason.MALFORMED
     assert "unwrap" in str(info.value)
 
 
@@ -195,7 +217,7 @@ def test_operations_are_idempotent() -> None:
 
 
 @pytest.fixture
-def fakes() -> Iterator[tuple[Cluster, list[FakeMember], str]]:
+def fakes() -> Iterator[tuple[Cluster[FakeKeyring], list[FakeMember], str]]:
     """Three in-memory members holding one key, as a cluster with no monitor thread."""
     members = [FakeMember(f"m{i}") for i in range(3)]
     cluster = Cluster(members, quorum=2, deadline_ms=500, monitor=False)
@@ -208,64 +230,69 @@ def fakes() -> Iterator[tuple[Cluster, list[FakeMember], str]]:
 
 
 def test_fake_members_round_trip_and_keep_kinds_apart(
-    fakes: tuple[Cluster, list[FakeMember], str],
+    fakes: tuple[Cluster[FakeKeyring], list[FakeMember], str],
 ) -> None:
     """FakeMember makes the same direct blobs: round trip, and no confusion with unwrap."""
     cluster, _, key_id = fakes
-    blob = cluster.encrypt_direct(key_id, b"x" * 4096, CTX)
+    blob = encrypt_direct(cluster, key_id, b"x" * 4096, CTX)
     assert blob[:4] == b"HSMD"
-    assert cluster.decrypt_direct(blob, CTX) == b"x" * 4096
+    assert decrypt_direct(cluster, blob, CTX) == b"x" * 4096
     with pytest.raises(hsm.InvalidCiphertext, match="decrypt_direct"):
-        cluster.unwrap(blob, CTX)
+        unwrap(cluster, blob, CTX)
     with pytest.raises(hsm.InvalidInput, match=r"client\.encrypt\("):
-        cluster.encrypt_direct(key_id, bytes(4097), CTX)
+        encrypt_direct(cluster, key_id, bytes(4097), CTX)
 
 
-def test_direct_calls_fail_over(fakes: tuple[Cluster, list[FakeMember], str]) -> None:
+def test_direct_calls_fail_over(fakes: tuple[Cluster[FakeKeyring], list[FakeMember], str]) -> None:
     """A device error on the primary moves encrypt_direct and decrypt_direct on."""
     cluster, (a, b, _), key_id = fakes
-    blob = cluster.encrypt_direct(key_id, b"payload", CTX)
+    blob = encrypt_direct(cluster, key_id, b"payload", CTX)
     a.fail()
-    assert cluster.decrypt_direct(blob, CTX) == b"payload"
-    assert cluster.decrypt_direct(cluster.encrypt_direct(key_id, b"more", CTX), CTX) == b"more"
+    assert decrypt_direct(cluster, blob, CTX) == b"payload"
+    assert decrypt_direct(cluster, encrypt_direct(cluster, key_id, b"more", CTX), CTX) == b"more"
     assert b.calls["decrypt_direct"] == 2
     assert b.calls["encrypt_direct"] == 1
     assert cluster.state_of("m0") is State.DOWN
 
 
 def test_a_faulty_member_cannot_turn_a_good_direct_blob_bad(
-    fakes: tuple[Cluster, list[FakeMember], str],
+    fakes: tuple[Cluster[FakeKeyring], list[FakeMember], str],
 ) -> None:
     """Like unwrap: one member's "does not verify" is overruled by another, which serves."""
     cluster, (a, b, _), key_id = fakes
-    blob = cluster.encrypt_direct(key_id, b"payload", CTX)
+    blob = encrypt_direct(cluster, key_id, b"payload", CTX)
     a.corrupt = True
-    assert cluster.decrypt_direct(blob, CTX) == b"payload"
+    assert decrypt_direct(cluster, blob, CTX) == b"payload"
     assert b.calls["decrypt_direct"] == 1
     assert cluster.state_of("m0") is State.DOWN
 
 
 def test_tampering_is_confirmed_by_every_member(
-    fakes: tuple[Cluster, list[FakeMember], str],
+    fakes: tuple[Cluster[FakeKeyring], list[FakeMember], str],
 ) -> None:
     """A tampered direct blob is refused by every member, then InvalidCiphertext stands."""
     cluster, members, key_id = fakes
-    blob = bytearray(cluster.encrypt_direct(key_id, b"payload", CTX))
+    blob = bytearray(encrypt_direct(cluster, key_id, b"payload", CTX))
     blob[-1] ^= 1
     with pytest.raises(hsm.InvalidCiphertext):
-        cluster.decrypt_direct(bytes(blob), CTX)
+        decrypt_direct(cluster, bytes(blob), CTX)
     assert [m.calls["decrypt_direct"] for m in members] == [1, 1, 1]
     assert all(cluster.state_of(m.name) is State.HEALTHY for m in members)
 
 
 def test_malformed_blob_is_refused_before_any_member(
-    fakes: tuple[Cluster, list[FakeMember], str],
+    fakes: tuple[Cluster[FakeKeyring], list[FakeMember], str],
 ) -> None:
-    """A blob that does not parse (a sealed data key, garbage) never reaches a member."""
+    """A blob that does not parse (a sealed data key, garbage) reaches no HSM: the first
+    member's keyring refuses it by its structure, and no other member is asked."""
     cluster, members, key_id = fakes
-    sealed = cluster.wrap(key_id, bytes(32), CTX)
+    sealed = wrap(cluster, key_id, bytes(32), CTX)
+    asked = []
+    cluster.observer = lambda record: asked.append(record.member)
     for bad in (sealed, b"garbage"):
         with pytest.raises(hsm.InvalidCiphertext) as info:
-            cluster.decrypt_direct(bad, CTX)
-        assert info.value.reason == "malformed"
+            decrypt_direct(cluster, bad, CTX)
+        assert info.value.reason is hsm.Reason.MALFORMED
     assert all(m.calls["decrypt_direct"] == 0 for m in members)
+    assert asked == ["m0", "m0"]
+    assert all(cluster.state_of(m.name) is State.HEALTHY for m in members)

@@ -19,7 +19,7 @@ import cryptography_vectors
 import pytest
 from cryptography.hazmat.primitives import keywrap
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, Mechanism
 from pkcs11.exceptions import AttributeSensitive
 
 from hsm.errors import (
@@ -28,6 +28,7 @@ from hsm.errors import (
     KeyNotFound,
     MechanismUnsupported,
     OperationFailed,
+    Reason,
 )
 from hsm.keys import Keyring
 from hsm.keys.keywrap import (
@@ -38,12 +39,24 @@ from hsm.keys.keywrap import (
     wrap_key_object,
 )
 from hsm.keys.master import label_for
-from hsm.pkcs11 import Mechanisms, Module, PinSource, SessionPool, TokenSelector
+from hsm.pkcs11 import (
+    Attr,
+    Capability,
+    KeyTemplate,
+    KeyType,
+    Lease,
+    Mechanisms,
+    Module,
+    PinSource,
+    SecretKey,
+    SessionPool,
+    TokenSelector,
+)
 from hsm.testing import Harness, harness_down, harness_up
 
 KW = WrapMechanism.KW
 KWP = WrapMechanism.KWP
-NO_CAPABILITIES = MechanismFlag(0)
+NO_CAPABILITIES = Capability(0)
 SAMPLE_PER_LENGTH = 20  # the first vectors of every plaintext length of every file
 
 # -- NIST vectors ---------------------------------------------------------------------------
@@ -170,28 +183,23 @@ def token_b(tokens: tuple[Token, Token]) -> Token:
     return tokens[1]
 
 
-def _secret(session: Any, value: bytes, *, wrapping: bool = False, token: bool = False,
-            label: str | None = None) -> Any:
+def _secret(lease: Lease, value: bytes, *, wrapping: bool = False, token: bool = False,
+            label: str | None = None) -> SecretKey:
     """A secret-key object with ``value``: a wrapping key, or an extractable key to wrap."""
-    template: dict[Attribute, Any] = {
-        Attribute.CLASS: ObjectClass.SECRET_KEY,
-        Attribute.KEY_TYPE: KeyType.AES if wrapping else _key_type(len(value)),
-        Attribute.VALUE: value,
-        Attribute.TOKEN: token,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: wrapping,
-        Attribute.EXTRACTABLE: not wrapping,
-        Attribute.WRAP: wrapping,
-        Attribute.UNWRAP: wrapping,
-        Attribute.ENCRYPT: not wrapping and _key_type(len(value)) is KeyType.AES,
-        Attribute.DECRYPT: False,
-        Attribute.SIGN: False,
-        Attribute.VERIFY: False,
-        Attribute.DERIVE: False,
-    }
-    if label is not None:
-        template[Attribute.LABEL] = label
-    return session.create_object(template)
+    key_type = KeyType.AES if wrapping else _key_type(len(value))
+    if wrapping:
+        capabilities = Capability.WRAP | Capability.UNWRAP
+    else:
+        capabilities = Capability.ENCRYPT if key_type is KeyType.AES else Capability(0)
+    template = KeyTemplate(key_type=key_type, capabilities=capabilities, token=token,
+                           private=True, sensitive=wrapping, extractable=not wrapping,
+                           label=label or "")
+    return lease.create_key(template, value)
+
+
+def _raw(key: SecretKey) -> Any:
+    """The python-pkcs11 object behind ``key``, to poke the HSM directly (test-only)."""
+    return key._obj
 
 
 def _expected_kcv(value: bytes) -> str:
@@ -200,6 +208,7 @@ def _expected_kcv(value: bytes) -> str:
 
 
 def _hsm_kcv(key: Any) -> str:
+    """AES-ECB of a zero block under a python-pkcs11 key object, computed in the HSM."""
     return bytes(key.encrypt(bytes(16), mechanism=Mechanism.AES_ECB))[:3].hex()
 
 
@@ -265,27 +274,26 @@ def test_wrap_matches_nist_vectors(token_a: Token, name: str, bits: int) -> None
     vectors = _sample(name, bits)
     assert len(vectors) == SAMPLE_PER_LENGTH
     with token_a.pool.session() as lease:
-        session = lease.session
         for vector in vectors:
             assert vector.p is not None
-            wrapper = _secret(session, vector.k, wrapping=True)
-            target = _secret(session, vector.p)
+            wrapper = _secret(lease, vector.k, wrapping=True)
+            target = _secret(lease, vector.p)
             try:
                 if which is KWP and len(vector.p) % 8 and not mechanisms.kwp_any_length:
                     with pytest.raises(MechanismUnsupported, match="multiple of 8"):
-                        wrap_key_object(session, wrapper, target, which, mechanisms)
+                        wrap_key_object(lease, wrapper, target, which, mechanisms)
                 else:
-                    assert wrap_key_object(session, wrapper, target, which,
+                    assert wrap_key_object(lease, wrapper, target, which,
                                            mechanisms) == vector.c, vector.name
             finally:
                 target.destroy()
                 wrapper.destroy()
 
 
-def _unwrap_test_key(session: Any, wrapper: Any, blob: bytes, which: WrapMechanism,
-                     mechanisms: Mechanisms, key_type: KeyType) -> Any:
+def _unwrap_test_key(lease: Lease, wrapper: SecretKey, blob: bytes, which: WrapMechanism,
+                     mechanisms: Mechanisms, key_type: KeyType) -> SecretKey:
     """Unwrap into an extractable, non-sensitive session key: test-only, to read its value."""
-    return unwrap_key_object(session, wrapper, blob, which, mechanisms, key_type=key_type,
+    return unwrap_key_object(lease, wrapper, blob, which, mechanisms, key_type=key_type,
                              label="nist-vector", key_id=b"nist", token=False,
                              extractable=True, sensitive=False, capabilities=NO_CAPABILITIES)
 
@@ -298,19 +306,18 @@ def test_unwrap_matches_nist_vectors(token_a: Token, name: str, bits: int) -> No
     assert len(vectors) == SAMPLE_PER_LENGTH
     key_type = _key_type(bits // 8)
     with token_a.pool.session() as lease:
-        session = lease.session
         for vector in vectors:
-            wrapper = _secret(session, vector.k, wrapping=True)
+            wrapper = _secret(lease, vector.k, wrapping=True)
             try:
                 if vector.p is None:
                     with pytest.raises(InvalidCiphertext):
-                        _unwrap_test_key(session, wrapper, vector.c, which, token_a.mechanisms,
+                        _unwrap_test_key(lease, wrapper, vector.c, which, token_a.mechanisms,
                                          key_type)
                     continue
-                key = _unwrap_test_key(session, wrapper, vector.c, which, token_a.mechanisms,
+                key = _unwrap_test_key(lease, wrapper, vector.c, which, token_a.mechanisms,
                                        key_type)
                 try:
-                    assert bytes(key[Attribute.VALUE]) == vector.p, vector.name
+                    assert bytes(_raw(key)[Attribute.VALUE]) == vector.p, vector.name
                 finally:
                     key.destroy()
             finally:
@@ -329,24 +336,21 @@ def test_unwrap_refuses_blobs_no_key_wrap_can_produce(token_a: Token) -> None:
     with token_a.pool.session() as lease:
         for which, blob in ((KW, bytes(16)), (KW, bytes(41)), (KWP, bytes(8)), (KWP, b"")):
             with pytest.raises(InvalidCiphertext):
-                unwrap_key_object(lease.session, object(), blob, which, token_a.mechanisms,
+                unwrap_key_object(lease, "no such key", blob, which, token_a.mechanisms,
                                   key_type=KeyType.AES, label="x", key_id=b"x", token=False)
 
 
 def test_wrap_of_a_non_extractable_key_is_refused(token_a: Token) -> None:
     """The HSM refuses to wrap a non-extractable key; the error is OperationFailed."""
     with token_a.pool.session() as lease:
-        session = lease.session
-        wrapper = _secret(session, os.urandom(32), wrapping=True)
-        locked = session.generate_key(
-            KeyType.AES, 256, store=False, capabilities=MechanismFlag.ENCRYPT,
-            mechanism=Mechanism.AES_KEY_GEN,
-            template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
-        )
+        wrapper = _secret(lease, os.urandom(32), wrapping=True)
+        locked = lease.generate_key(KeyTemplate(
+            key_type=KeyType.AES, capabilities=Capability.ENCRYPT, token=False, private=True,
+            sensitive=True, extractable=False), 32)
         try:
             with pytest.raises(OperationFailed) as caught:
-                wrap_key_object(session, wrapper, locked, KWP, token_a.mechanisms)
-            assert caught.value.reason == "key_unextractable"
+                wrap_key_object(lease, wrapper, locked, KWP, token_a.mechanisms)
+            assert caught.value.reason is Reason.KEY_UNEXTRACTABLE
         finally:
             locked.destroy()
             wrapper.destroy()
@@ -361,17 +365,14 @@ def test_key_moves_between_tokens(token_a: Token, token_b: Token, which: WrapMec
     kek = os.urandom(32)
     kek_label = f"kek-{uuid.uuid4()}"
     moved_label = f"moved-{uuid.uuid4()}"
-    with token_a.pool.session() as lease_a, token_b.pool.session() as lease_b:
-        a, b = lease_a.session, lease_b.session
+    with token_a.pool.session() as a, token_b.pool.session() as b:
         wrapper_a = _secret(a, kek, wrapping=True, label=kek_label)
         wrapper_b = _secret(b, kek, wrapping=True, label=kek_label)
         other_b = _secret(b, os.urandom(32), wrapping=True)
-        key = a.generate_key(
-            KeyType.AES, 256, store=False, mechanism=Mechanism.AES_KEY_GEN,
-            capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-            template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
-        )
-        made: list[Any] = [key, wrapper_a, wrapper_b, other_b]
+        key = a.generate_key(KeyTemplate(
+            key_type=KeyType.AES, capabilities=Capability.ENCRYPT | Capability.DECRYPT,
+            token=False, private=True, sensitive=True, extractable=True), 32)
+        made: list[SecretKey] = [key, wrapper_a, wrapper_b, other_b]
         try:
             blob = wrap_key_object(a, kek_label, key, which, token_a.mechanisms)
             assert len(blob) == 40
@@ -380,16 +381,17 @@ def test_key_moves_between_tokens(token_a: Token, token_b: Token, which: WrapMec
                 label=moved_label, key_id=b"moved", token=True,
             )
             made.append(moved)
-            assert _hsm_kcv(moved) == _hsm_kcv(key) == bytes(key[Attribute.CHECK_VALUE]).hex()
-            attrs = moved.get_attributes([Attribute.EXTRACTABLE, Attribute.SENSITIVE,
-                                          Attribute.PRIVATE, Attribute.TOKEN, Attribute.SIGN,
-                                          Attribute.DERIVE, Attribute.WRAP, Attribute.UNWRAP])
-            assert attrs == {Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
-                             Attribute.PRIVATE: True, Attribute.TOKEN: True,
-                             Attribute.SIGN: False, Attribute.DERIVE: False,
-                             Attribute.WRAP: True, Attribute.UNWRAP: True}
+            check_value = key.check_value()
+            assert check_value is not None
+            assert _hsm_kcv(_raw(moved)) == _hsm_kcv(_raw(key)) == check_value.hex()
+            assert moved.kcv() == key.kcv() == check_value.hex()
+            attrs = moved.read([Attr.EXTRACTABLE, Attr.SENSITIVE, Attr.PRIVATE, Attr.TOKEN,
+                                Attr.SIGN, Attr.DERIVE, Attr.WRAP, Attr.UNWRAP])
+            assert attrs == {Attr.EXTRACTABLE: False, Attr.SENSITIVE: True,
+                             Attr.PRIVATE: True, Attr.TOKEN: True, Attr.SIGN: False,
+                             Attr.DERIVE: False, Attr.WRAP: True, Attr.UNWRAP: True}
             with pytest.raises(AttributeSensitive):
-                moved[Attribute.VALUE]
+                _raw(moved)[Attribute.VALUE]
             with pytest.raises(OperationFailed):
                 wrap_key_object(b, wrapper_b, moved, which, token_b.mechanisms)
             with pytest.raises(InvalidCiphertext):
@@ -409,24 +411,25 @@ def import_kek(token_a: Token) -> Iterator[tuple[str, bytes]]:
     value = os.urandom(32)
     label = f"import-kek-{uuid.uuid4()}"
     with token_a.pool.session() as lease:
-        _secret(lease.session, value, wrapping=True, token=True, label=label)
+        _secret(lease, value, wrapping=True, token=True, label=label)
     yield label, value
     with token_a.pool.session() as lease:
-        for obj in list(lease.session.get_objects({Attribute.LABEL: label})):
-            obj.destroy()
+        for key in lease.find_keys(label):
+            key.destroy()
 
 
-def _master_object(token: Token, key_id: str) -> Any:
+def _master_key(token: Token, key_id: str) -> SecretKey:
+    """The key object of master key ``key_id`` version 1, found by its label."""
     with token.pool.session() as lease:
-        found = list(lease.session.get_objects({Attribute.LABEL: label_for(key_id, 1)}))
+        found = lease.find_keys(label_for(key_id, 1))
     assert len(found) == 1
     return found[0]
 
 
 def _master_labels(token: Token) -> set[str]:
     with token.pool.session() as lease:
-        return {obj.label for obj in lease.session.get_objects(
-            {Attribute.CLASS: ObjectClass.SECRET_KEY}) if obj.label.startswith("hsm/")}
+        labels = {key.label() for key in lease.find_keys()}
+    return {label for label in labels if label.startswith("hsm/")}
 
 
 @pytest.mark.parametrize("which", [KW, KWP])
@@ -442,22 +445,19 @@ def test_import_wrapped_key_makes_a_locked_master_key(
     assert info.version == 1
     assert str(uuid.UUID(info.key_id)) == info.key_id
     assert info.kcv == _expected_kcv(material)
-    obj = _master_object(token_a, info.key_id)
-    attrs = obj.get_attributes([Attribute.EXTRACTABLE, Attribute.SENSITIVE, Attribute.PRIVATE,
-                                Attribute.TOKEN, Attribute.KEY_TYPE, Attribute.ENCRYPT,
-                                Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP,
-                                Attribute.SIGN, Attribute.VERIFY, Attribute.DERIVE,
-                                Attribute.ID])
+    key = _master_key(token_a, info.key_id)
+    attrs = key.read([Attr.EXTRACTABLE, Attr.SENSITIVE, Attr.PRIVATE, Attr.TOKEN,
+                      Attr.KEY_TYPE, Attr.ENCRYPT, Attr.DECRYPT, Attr.WRAP, Attr.UNWRAP,
+                      Attr.SIGN, Attr.VERIFY, Attr.DERIVE, Attr.ID])
     assert attrs == {
-        Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True, Attribute.PRIVATE: True,
-        Attribute.TOKEN: True, Attribute.KEY_TYPE: KeyType.AES, Attribute.ENCRYPT: True,
-        Attribute.DECRYPT: True, Attribute.WRAP: True, Attribute.UNWRAP: True,
-        Attribute.SIGN: False, Attribute.VERIFY: False, Attribute.DERIVE: False,
-        Attribute.ID: uuid.UUID(info.key_id).bytes + (1).to_bytes(4, "big"),
+        Attr.EXTRACTABLE: False, Attr.SENSITIVE: True, Attr.PRIVATE: True, Attr.TOKEN: True,
+        Attr.KEY_TYPE: KeyType.AES, Attr.ENCRYPT: True, Attr.DECRYPT: True, Attr.WRAP: True,
+        Attr.UNWRAP: True, Attr.SIGN: False, Attr.VERIFY: False, Attr.DERIVE: False,
+        Attr.ID: uuid.UUID(info.key_id).bytes + (1).to_bytes(4, "big"),
     }
     with pytest.raises(AttributeSensitive):
-        obj[Attribute.VALUE]
-    assert _hsm_kcv(obj) == info.kcv
+        _raw(key)[Attribute.VALUE]
+    assert _hsm_kcv(_raw(key)) == info.kcv == key.kcv()
 
 
 def test_imported_key_seals_and_opens_with_keyring(

@@ -15,7 +15,7 @@ from typing import Any
 import pkcs11.exceptions as p11e
 import pytest
 from click.testing import CliRunner
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, ObjectClass
 
 from hsm.cli import cli
 from hsm.cluster.ceremony import CeremonyReport, init_cluster
@@ -39,7 +39,18 @@ from hsm.keys.replication import (
     establish_wrapping_key,
     material_kcv,
 )
-from hsm.pkcs11 import Module, PinSource, SessionPool
+from hsm.pkcs11 import (
+    AES_KEY_WRAP,
+    Attr,
+    Capability,
+    KeyClass,
+    KeyTemplate,
+    KeyType,
+    Module,
+    PinSource,
+    SecretKey,
+    SessionPool,
+)
 from hsm.testing import Harness, harness_down, harness_up
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -85,17 +96,25 @@ def establish(config: Config, index: int, material: bytes) -> str:
         module.release()
 
 
-def raw_key(ring: Keyring, key_id: str, version: int = 1) -> Any:
-    """The HSM object behind a master key, through the keyring's own pool (test-only)."""
+def raw_key(ring: Keyring, key_id: str, version: int = 1) -> SecretKey:
+    """The key object behind a master key, through the keyring's own pool (test-only)."""
     with ring.pool.session() as lease:
-        return ring._key(lease, uuid.UUID(key_id).bytes, version)
+        return ring._keys.find(lease, uuid.UUID(key_id).bytes, version)
 
 
-def trusted_key(ring: Keyring) -> Any:
-    """The cluster wrapping key object on the keyring's token."""
+def raw_object(ring: Keyring, label: str) -> Any:
+    """The python-pkcs11 object labelled ``label``, to poke the HSM directly (test-only)."""
     with ring.pool.session() as lease:
         found = list(lease.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                                Attribute.LABEL: CLUSTER_WRAP_LABEL}))
+                                                Attribute.LABEL: label}))
+    assert len(found) == 1
+    return found[0]
+
+
+def trusted_key(ring: Keyring) -> SecretKey:
+    """The cluster wrapping key object on the keyring's token."""
+    with ring.pool.session() as lease:
+        found = lease.find_keys(CLUSTER_WRAP_LABEL)
     assert len(found) == 1
     return found[0]
 
@@ -134,12 +153,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def test_policy_accepts_extractable_only_with_wrap_with_trusted() -> None:
     """EXTRACTABLE passes the master-key policy with WRAP_WITH_TRUSTED and fails without."""
-    attrs = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
-             Attribute.VALUE_LEN: 32, Attribute.TOKEN: True, Attribute.PRIVATE: True,
-             Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True, Attribute.SIGN: False,
-             Attribute.VERIFY: False, Attribute.DERIVE: False}
-    check_attributes({**attrs, Attribute.WRAP_WITH_TRUSTED: True}, "k", allow_unsafe=False)
-    for trust in ({Attribute.WRAP_WITH_TRUSTED: False}, {}):
+    attrs: dict[Attr, Any] = {
+        Attr.CLASS: KeyClass.SECRET_KEY, Attr.KEY_TYPE: KeyType.AES, Attr.VALUE_LEN: 32,
+        Attr.TOKEN: True, Attr.PRIVATE: True, Attr.SENSITIVE: True, Attr.EXTRACTABLE: True,
+        Attr.SIGN: False, Attr.VERIFY: False, Attr.DERIVE: False,
+    }
+    check_attributes({**attrs, Attr.WRAP_WITH_TRUSTED: True}, "k", allow_unsafe=False)
+    for trust in ({Attr.WRAP_WITH_TRUSTED: False}, {}):
         with pytest.raises(UnsafeKey, match="EXTRACTABLE without WRAP_WITH_TRUSTED"):
             check_attributes({**attrs, **trust}, "k", allow_unsafe=False)
 
@@ -156,16 +176,18 @@ def test_ceremony_gives_every_member_the_same_trusted_wrapping_key(cluster: Clus
     assert {m.kcv for m in report.members} == {report.kcv}
     assert len(report.kcv) == 6
     for ring in (cluster.a, cluster.b):
-        attrs = trusted_key(ring).get_attributes([
-            Attribute.TRUSTED, Attribute.EXTRACTABLE, Attribute.SENSITIVE, Attribute.WRAP,
-            Attribute.UNWRAP, Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.MODIFIABLE,
-            Attribute.CHECK_VALUE,
+        key = trusted_key(ring)
+        attrs = key.read([
+            Attr.TRUSTED, Attr.EXTRACTABLE, Attr.SENSITIVE, Attr.WRAP, Attr.UNWRAP,
+            Attr.ENCRYPT, Attr.DECRYPT, Attr.MODIFIABLE, Attr.CHECK_VALUE,
         ])
-        assert all(attrs[a] for a in (Attribute.TRUSTED, Attribute.SENSITIVE, Attribute.WRAP,
-                                      Attribute.UNWRAP))
-        assert not any(attrs[a] for a in (Attribute.EXTRACTABLE, Attribute.ENCRYPT,
-                                          Attribute.DECRYPT, Attribute.MODIFIABLE))
-        assert attrs[Attribute.CHECK_VALUE].hex() == report.kcv
+        assert all(attrs[a] is True for a in (Attr.TRUSTED, Attr.SENSITIVE, Attr.WRAP,
+                                              Attr.UNWRAP))
+        assert all(attrs[a] is False for a in (Attr.EXTRACTABLE, Attr.ENCRYPT, Attr.DECRYPT,
+                                               Attr.MODIFIABLE))
+        check_value = attrs[Attr.CHECK_VALUE]
+        assert isinstance(check_value, bytes)
+        assert check_value.hex() == report.kcv == key.kcv()
 
 
 def test_ceremony_twice_is_idempotent(fresh: Config) -> None:
@@ -189,7 +211,7 @@ def test_member_with_a_different_wrapping_key_is_reported(fresh: Config) -> None
     establish(fresh, 1, os.urandom(32))
     with pytest.raises(OperationFailed, match="hsm-b") as info:
         init_cluster(fresh, material=os.urandom(32))
-    assert info.value.reason == "wrapping_key_mismatch"
+    assert info.value.reason is Reason.WRAPPING_KEY_MISMATCH
     with officer(fresh, 0) as session:
         assert session.wrapping_key_kcv() is None
 
@@ -201,7 +223,7 @@ def test_establish_never_replaces_a_wrapping_key(fresh: Config) -> None:
     assert establish(fresh, 0, material) == kcv
     with pytest.raises(OperationFailed, match=kcv) as info:
         establish(fresh, 0, os.urandom(32))
-    assert info.value.reason == "wrapping_key_mismatch"
+    assert info.value.reason is Reason.WRAPPING_KEY_MISMATCH
 
 
 def test_partial_cluster_needs_the_original_material(fresh: Config) -> None:
@@ -210,7 +232,7 @@ def test_partial_cluster_needs_the_original_material(fresh: Config) -> None:
     establish(fresh, 0, material)
     with pytest.raises(OperationFailed, match="hsm-b") as info:
         init_cluster(fresh)
-    assert info.value.reason == "wrapping_key_partial"
+    assert info.value.reason is Reason.WRAPPING_KEY_PARTIAL
     report = init_cluster(fresh, material=material)
     assert [(m.name, m.created) for m in report.members] == [("hsm-a", False), ("hsm-b", True)]
     assert report.kcv == material_kcv(material)
@@ -263,7 +285,7 @@ def test_so_login_next_to_a_user_login_is_a_clear_error(fresh: Config) -> None:
     with keyrings(dataclasses.replace(fresh, members=fresh.members[1:])):
         with pytest.raises(OperationFailed, match="hsm-b") as info:
             init_cluster(fresh)
-        assert info.value.reason == "user_logged_in"
+        assert info.value.reason is Reason.USER_LOGGED_IN
     with officer(fresh, 0) as session:
         assert session.wrapping_key_kcv() is None
     assert all(m.created for m in init_cluster(fresh).members)
@@ -324,19 +346,19 @@ def test_imported_copy_leaves_the_hsm_only_under_the_trusted_key(cluster: Cluste
     info = cluster.a.create_key(replicable=True)
     cluster.b.import_key(info.key_id, 1, cluster.a.export_key(info.key_id, 1))
     obj = raw_key(cluster.b, info.key_id)
-    attrs = obj.get_attributes([Attribute.SENSITIVE, Attribute.EXTRACTABLE,
-                                Attribute.WRAP_WITH_TRUSTED, Attribute.PRIVATE, Attribute.TOKEN])
-    assert all(attrs.values())
+    wanted = (Attr.SENSITIVE, Attr.EXTRACTABLE, Attr.WRAP_WITH_TRUSTED, Attr.PRIVATE,
+              Attr.TOKEN)
+    attrs = obj.read(wanted)
+    assert all(attrs[a] is True for a in wanted)
     with pytest.raises((p11e.AttributeSensitive, p11e.FunctionFailed)):
-        obj[Attribute.VALUE]
+        raw_object(cluster.b, label_for(info.key_id, 1))[Attribute.VALUE]
     with cluster.b.pool.session() as lease:
-        untrusted = lease.session.generate_key(
-            KeyType.AES, 256, store=False, mechanism=Mechanism.AES_KEY_GEN,
-            capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP, template={})
+        untrusted = lease.generate_key(KeyTemplate(
+            key_type=KeyType.AES, capabilities=Capability.WRAP | Capability.UNWRAP,
+            token=False, private=True, sensitive=True, extractable=False), 32)
         with pytest.raises(OperationFailed) as refused:
-            wrap_key_object(lease.session, untrusted, obj, WrapMechanism.KW,
-                            cluster.b.mechanisms)
-        assert refused.value.reason == "key_not_wrappable"
+            wrap_key_object(lease, untrusted, obj, WrapMechanism.KW, cluster.b.mechanisms)
+        assert refused.value.reason is Reason.KEY_NOT_WRAPPABLE
         untrusted.destroy()
     assert len(cluster.b.export_key(info.key_id, 1)) == 40
 
@@ -346,12 +368,12 @@ def test_trusted_key_refuses_to_unwrap_into_a_readable_key(cluster: Cluster) -> 
     info = cluster.a.create_key(replicable=True)
     blob = cluster.a.export_key(info.key_id, 1)
     wrapper = trusted_key(cluster.b)
-    with pytest.raises(p11e.TemplateInconsistent):
-        wrapper.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, blob, store=False,
-                           mechanism=Mechanism.AES_KEY_WRAP,
-                           capabilities=MechanismFlag.ENCRYPT,
-                           template={Attribute.TOKEN: False, Attribute.SENSITIVE: False,
-                                     Attribute.EXTRACTABLE: True})
+    readable = KeyTemplate(key_type=KeyType.AES, capabilities=Capability.ENCRYPT, token=False,
+                           private=True, sensitive=False, extractable=True)
+    with pytest.raises(OperationFailed) as refused:
+        wrapper.unwrap(blob, AES_KEY_WRAP, readable)
+    assert refused.value.reason is Reason.TEMPLATE_INCONSISTENT
+    assert isinstance(refused.value.__cause__, p11e.TemplateInconsistent)
 
 
 def test_non_replicable_key_cannot_be_exported(cluster: Cluster) -> None:
@@ -359,8 +381,8 @@ def test_non_replicable_key_cannot_be_exported(cluster: Cluster) -> None:
     info = cluster.a.create_key()
     with pytest.raises(OperationFailed, match=info.key_id) as refused:
         cluster.a.export_key(info.key_id, 1)
-    assert refused.value.reason == "not_replicable"
-    assert not raw_key(cluster.a, info.key_id)[Attribute.EXTRACTABLE]
+    assert refused.value.reason is Reason.NOT_REPLICABLE
+    assert raw_key(cluster.a, info.key_id).read([Attr.EXTRACTABLE]) == {Attr.EXTRACTABLE: False}
 
 
 def test_export_and_import_without_the_ceremony_are_clear_errors(fresh: Config) -> None:
@@ -369,7 +391,7 @@ def test_export_and_import_without_the_ceremony_are_clear_errors(fresh: Config) 
         info = a.create_key(replicable=True)
         with pytest.raises(OperationFailed, match="hsm cluster init") as refused:
             a.export_key(info.key_id, 1)
-        assert refused.value.reason == "no_wrapping_key"
+        assert refused.value.reason is Reason.NO_WRAPPING_KEY
         with pytest.raises(OperationFailed, match="hsm cluster init"):
             b.import_key(info.key_id, 1, bytes(40))
         assert b.has_key(info.key_id, 1) is None
@@ -401,7 +423,7 @@ def test_import_twice_is_idempotent(cluster: Cluster) -> None:
     assert [k for k in cluster.b.list_keys() if k.key_id == info.key_id] == [info]
     with pytest.raises(OperationFailed) as refused:
         cluster.b.import_key(info.key_id, 1, blob, expected_kcv="000000")
-    assert refused.value.reason == "kcv_mismatch"
+    assert refused.value.reason is Reason.KCV_MISMATCH
 
 
 def test_create_key_with_given_id_and_version(cluster: Cluster) -> None:
@@ -410,11 +432,11 @@ def test_create_key_with_given_id_and_version(cluster: Cluster) -> None:
     assert cluster.b.has_key(key_id, 3) is None
     info = cluster.b.create_key(key_id=key_id, version=3, replicable=True)
     assert (info.key_id, info.version) == (key_id, 3)
-    assert raw_key(cluster.b, key_id, 3).label == label_for(key_id, 3)
+    assert raw_key(cluster.b, key_id, 3).label() == label_for(key_id, 3)
     assert cluster.b.has_key(key_id, 3) == info
     with pytest.raises(OperationFailed) as refused:
         cluster.b.create_key(key_id=key_id, version=3)
-    assert refused.value.reason == "key_exists"
+    assert refused.value.reason is Reason.KEY_EXISTS
     for version in (0, -1, 2**32, True):
         with pytest.raises(InvalidInput):
             cluster.b.create_key(key_id=key_id, version=version)

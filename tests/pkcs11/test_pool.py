@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import hsm
+from hsm.errors import Reason
 from hsm.pkcs11 import SessionPool
 from hsm.testing import Harness
 
@@ -22,7 +23,7 @@ def test_pool_is_bounded_and_times_out(hsm_harness: Harness) -> None:
         assert len({id(lease.session) for lease in leases}) == pool.size
         with pytest.raises(hsm.HSMUnavailable) as info, pool.session():
             pass
-        assert info.value.reason == "pool_exhausted"
+        assert info.value.reason is Reason.POOL_EXHAUSTED
         released = threading.Event()
 
         def give_back_one() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import hsm
+from hsm.errors import Reason
 from hsm.pkcs11 import Module
 from hsm.testing import Harness
 from hsm.testing.plugin import HarnessFactory
@@ -138,7 +139,7 @@ def test_a_lost_session_is_replaced(client: hsm.Client) -> None:
         lease.session.close()  # the HSM forgets it; our lease doesn't know yet
     with pytest.raises(hsm.HSMUnavailable) as info:
         client.unwrap(blob)
-    assert info.value.reason in ("session_handle_invalid", "session_closed")
+    assert info.value.reason in (Reason.SESSION_HANDLE_INVALID, Reason.SESSION_CLOSED)
     assert client.unwrap(blob) == bytes(32)
     with pool.session() as fresh:
         assert fresh is not lease

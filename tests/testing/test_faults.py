@@ -25,6 +25,7 @@ from hsm.config import Config, load_config
 from hsm.pkcs11 import Module
 from hsm.testing import Fault, FaultInjector, Harness, HarnessError, harness_up, load_harness
 from hsm.testing import faults as faults_impl
+from hsm.testing import shim as shim_impl
 from hsm.testing.plugin import HarnessFactory
 
 CONTEXT = {"tenant": "acme"}
@@ -84,7 +85,7 @@ def test_harness_members_load_softhsm_through_their_own_shim(one: Harness) -> No
     assert member.faults
     assert load_config(one.config_path).members[0].module == str(member.module)
     assert member.module.name == f"libp11shim-{member.name}.so"
-    sidecar = faults_impl.sidecar(member.module).read_text()
+    sidecar = shim_impl.sidecar(member.module).read_text()
     assert f"module={member.softhsm_module}\n" in sidecar
     assert f"control={member.fault_control}\n" in sidecar
     assert json.loads((one.directory / "harness.json").read_text())["faults"] is True
@@ -395,13 +396,13 @@ def test_the_build_is_cached_by_source_hash(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The shim is compiled once per source (and build command); a changed source rebuilds."""
     monkeypatch.setenv("HSM_SHIM_CACHE", str(tmp_path / "cache"))
-    first = faults_impl.compiled_shim()
+    first = shim_impl.compiled_shim()
     stamp = first.stat().st_mtime_ns
-    assert faults_impl.compiled_shim() == first
+    assert shim_impl.compiled_shim() == first
     assert first.stat().st_mtime_ns == stamp
-    source = faults_impl._shim_source()
-    monkeypatch.setattr(faults_impl, "_shim_source", lambda: source + b"\n/* changed */\n")
-    second = faults_impl.compiled_shim()
+    source = shim_impl._shim_source()
+    monkeypatch.setattr(shim_impl, "_shim_source", lambda: source + b"\n/* changed */\n")
+    second = shim_impl.compiled_shim()
     assert second != first
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
         [first.name, second.name])  # no temporary build directory left behind
@@ -431,7 +432,7 @@ def test_without_a_compiler_the_harness_falls_back_or_refuses(
     monkeypatch.delenv("CC")
     monkeypatch.setenv("HSM_PKCS11_INCLUDE", str(tmp_path / "no-include"))
     with pytest.raises(HarnessError, match=r"pkcs11\.h.*apt-get install libp11-kit-dev"):
-        faults_impl.compiled_shim()
+        shim_impl.compiled_shim()
 
 
 def test_reuse_must_match_an_explicit_faults_choice(tmp_path: Path) -> None:
@@ -655,7 +656,7 @@ def test_a_misconfigured_shim_refuses_to_load_and_says_why(one: Harness,
         ("control=/x\n", "no module= line"),
     ]
     for sidecar, message in cases:
-        conf = faults_impl.sidecar(shim)
+        conf = shim_impl.sidecar(shim)
         conf.unlink(missing_ok=True)
         if sidecar is not None:
             conf.write_text(sidecar)

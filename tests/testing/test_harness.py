@@ -27,7 +27,9 @@ from hsm.testing import (
     harness_up,
     load_harness,
 )
-from hsm.testing import softhsm as harness_impl
+from hsm.testing import harness as harness_impl
+from hsm.testing import layout as layout_impl
+from hsm.testing import softhsm as softhsm_impl
 
 pytest_plugins = ("pytester",)
 
@@ -203,7 +205,7 @@ def test_config_parses_with_load_config(tmp_path: Path, members: int, quorum: in
 def test_toml_strings_are_escaped() -> None:
     """The TOML writer's strings read back unchanged, whatever characters they hold."""
     for value in ['plain', 'a "quoted" \\ back', "tab\tnew\nline\r", "\x00\x1f\x7f", "ünï ☃"]:
-        assert tomllib.loads(f"v = {harness_impl._toml_str(value)}")["v"] == value
+        assert tomllib.loads(f"v = {layout_impl._toml_str(value)}")["v"] == value
 
 
 def test_awkward_directory_names_work(tmp_path: Path) -> None:
@@ -341,7 +343,7 @@ def test_missing_softhsm_module_is_a_harness_error(
     with pytest.raises(HarnessError):
         harness_up(tmp_path / "h", 1)
     monkeypatch.delenv("HSM_SOFTHSM_MODULE")
-    monkeypatch.setattr(harness_impl, "MODULE_CANDIDATES", (str(tmp_path / "nope.so"),))
+    monkeypatch.setattr(softhsm_impl, "MODULE_CANDIDATES", (str(tmp_path / "nope.so"),))
     with pytest.raises(HarnessError, match="apt-get install softhsm2"):
         find_softhsm_module()
     with pytest.raises(HarnessError, match="apt-get install softhsm2"):

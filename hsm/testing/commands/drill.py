@@ -1,5 +1,9 @@
 """``hsm drill``: a failover drill on a SoftHSM cluster, with a report that proves (or not)
-that nothing was lost."""
+that nothing was lost.
+
+:mod:`hsm.testing.drill` (the client, the cluster, the PKCS#11 edge) is imported when the
+drill runs, not when ``hsm --help`` lists the command.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ def drill(members: int, duration: float, threads: int, schedule: str | None,
     Without --config it stands up its own SoftHSM cluster in a temporary directory. Exit
     status 1 if any operation failed or any result mismatched.
     """
-    from hsm.testing.drill import plot, run_drill
+    from hsm.testing.drill import plot, run_drill  # here: see the module docstring
 
     report = run_drill(config=settings().config, members=members, duration=duration,
                        threads=threads, schedule=schedule, seed=seed, mode=mode,

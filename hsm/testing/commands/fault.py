@@ -1,9 +1,10 @@
 """``hsm fault ...``: inject and heal faults on the members of a SoftHSM harness.
 
 ``--config`` names the harness's ``hsm.toml`` (the harness directory is the one holding
-it). ``hsm.testing`` is imported inside the commands: the rest of the CLI never needs it.
-Faults are files, so a fault set here reaches every process using the harness, at its next
-PKCS#11 call.
+it). Faults are files, so a fault set here reaches every process using the harness, at its
+next PKCS#11 call. :mod:`hsm.testing.faults` is imported when a command runs or parses its
+options: ``hsm --help`` imports this module for its one-line help, and stays faster
+without it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hsm.cli import HSMGroup
 from hsm.cli._common import common_options, emit, settings
 from hsm.config import find_config_path
 
 if TYPE_CHECKING:
-    from hsm.testing.faults import FaultInjector
+    from hsm.testing.faults import FaultInjector, HealReport
 
 __all__ = ["fault"]
 
@@ -25,7 +27,7 @@ _ERROR_NAMES = ("DEVICE_ERROR", "DEVICE_REMOVED", "TOKEN_NOT_PRESENT", "SESSION_
 
 
 def _injector() -> FaultInjector:
-    from hsm.testing.faults import FaultInjector
+    from hsm.testing.faults import FaultInjector  # here: see the module docstring
 
     return FaultInjector.for_config(find_config_path(settings().config))
 
@@ -33,8 +35,8 @@ def _injector() -> FaultInjector:
 def _error_code(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
-    from hsm.testing import HarnessError
-    from hsm.testing.faults import ckr_code
+    from hsm.testing.faults import ckr_code  # here: see the module docstring
+    from hsm.testing.layout import HarnessError
 
     try:
         return ckr_code(value)
@@ -45,8 +47,8 @@ def _error_code(_ctx: click.Context, _param: click.Parameter, value: str | None)
 def _calls(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from hsm.testing import HarnessError
-    from hsm.testing.faults import parse_calls
+    from hsm.testing.faults import parse_calls  # here: see the module docstring
+    from hsm.testing.layout import HarnessError
 
     try:
         parse_calls(value)
@@ -63,7 +65,7 @@ _calls_option = click.option(
 )
 
 
-@click.group()
+@click.group(cls=HSMGroup)
 @common_options
 def fault() -> None:
     """Inject faults into the members of a SoftHSM harness (hsm harness up).
@@ -121,14 +123,31 @@ def lose_token(member: str) -> None:
 
 
 @fault.command("heal")
-@_member_argument
+@click.argument("member", required=False)
+@click.option("--all", "every", is_flag=True, help="Heal every member of the harness.")
 @common_options
-def heal(member: str) -> None:
-    """End every fault on MEMBER: clear its control file, restore its token."""
-    report = _injector().heal(member)
+def heal(member: str | None, every: bool) -> None:
+    """End every fault on MEMBER: clear its control file, restore its token.
+
+    With --all instead of MEMBER: on every member of the harness.
+    """
+    if (member is None) == (not every):
+        raise click.UsageError("give MEMBER or --all" if member is None
+                               else "give MEMBER or --all, not both")
+    injector = _injector()
+    if member is not None:
+        report = injector.heal(member)
+        emit(report.as_dict(), _healed(report))
+        return
+    reports = injector.heal_all()
+    emit({"members": [report.as_dict() for report in reports]},
+         "\n".join(_healed(report) for report in reports))
+
+
+def _healed(report: HealReport) -> str:
     undone = [what for what, done in (("fault cleared", report.fault_cleared),
                                       ("token restored", report.token_restored)) if done]
-    emit(report.as_dict(), f"{member}: {', '.join(undone) or 'nothing to heal'}")
+    return f"{report.member}: {', '.join(undone) or 'nothing to heal'}"
 
 
 @fault.command("status")
