@@ -68,7 +68,7 @@ def _harness(config: str | os.PathLike[str] | None, members: int) -> Iterator[Ha
         yield load_harness(Path(config).resolve().parent)
         return
     with tempfile.TemporaryDirectory(prefix="hsm-drill-") as tmp:
-        harness = harness_up(Path(tmp) / "cluster", members)
+        harness = harness_up(Path(tmp) / "cluster", members, faults=True)
         try:
             yield harness
         finally:

@@ -505,3 +505,32 @@ def test_softhsm_init_runs_bootstrap_first(tmp_path: Path) -> None:
     assert marker.exists()
     assert done.stdout == f"{tmp_path.resolve() / 'h' / 'hsm.toml'}\n"
     assert "bootstrapping" in done.stderr
+
+
+def test_faults_asked_for_and_no_compiler_is_refused(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A harness asked for with fault injection does not come up without it (no C compiler
+    here): it says what to install and leaves nothing behind; left to choose, it comes up
+    without, and a later explicit ask for faults refuses to re-use it."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("HSM_SHIM_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "h"
+    with pytest.raises(HarnessError, match=r"apt-get install .*gcc libc6-dev"):
+        harness_up(target, 1, faults=True)
+    assert not target.exists()
+    plain = harness_up(target, 1)
+    assert not plain.faults
+    with pytest.raises(HarnessError, match="without fault injection"):
+        harness_up(target, 1, faults=True)
+
+
+def test_harness_up_cli_takes_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hsm harness up --faults`` exits 1 with one line naming the missing compiler."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("HSM_SHIM_CACHE", str(tmp_path / "cache"))
+    done = subprocess.run(
+        [sys.executable, "-m", "hsm.cli", "harness", "up", "--dir", str(tmp_path / "h"),
+         "--faults"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "no C compiler" in done.stderr

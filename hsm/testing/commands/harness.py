@@ -53,13 +53,17 @@ _dir_argument = click.argument("given", metavar="[DIR]", required=False, type=_D
               help="Number of SoftHSM instances.  [default: 1, or one per --name]")
 @click.option("--name", "names", multiple=True, metavar="NAME",
               help="Member name, once per member (default: hsm-a, hsm-b, ...).")
+@click.option("--faults/--no-faults", default=None,
+              help="Load every member through the fault-injection module (--faults: refuse "
+                   "to come up without it, e.g. with no C compiler; --no-faults: never). "
+                   "Default: use it when it can be built.")
 @click.option("--cluster-init/--no-cluster-init", default=True, show_default=True,
               help="With several members, run the cluster ceremony (hsm cluster init) so "
                    "that keys can be replicated at once.")
 @common_options
 @click.pass_context
 def up(ctx: click.Context, given: Path | None, directory: Path | None, members: int | None,
-       names: tuple[str, ...], cluster_init: bool) -> None:
+       names: tuple[str, ...], faults: bool | None, cluster_init: bool) -> None:
     """Stand up a harness in DIR and print the path of its hsm.toml.
 
     For example: export HSM_CONFIG="$(hsm harness up --dir /tmp/h --members 3)"
@@ -68,7 +72,8 @@ def up(ctx: click.Context, given: Path | None, directory: Path | None, members: 
 
     target = _directory(ctx, given, directory)
     count = members if members is not None else (len(names) or 1)
-    built = harness_up(target, members=count, names=list(names) if names else None)
+    built = harness_up(target, members=count, names=list(names) if names else None,
+                       faults=faults)
     data: dict[str, object] = {"config": str(built.config_path),
                                "directory": str(built.directory),
                                "members": [m.name for m in built.members]}

@@ -50,7 +50,7 @@ INCLUDE_CANDIDATES: tuple[str, ...] = (
 CACHE_ENV = "HSM_SHIM_CACHE"
 CFLAGS: tuple[str, ...] = ("-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-Wall")
 LIBS: tuple[str, ...] = ("-ldl", "-pthread")
-BUILD_HINT = "install them with `apt-get install libp11-kit-dev gcc`"
+BUILD_HINT = "install them with `apt-get install libp11-kit-dev gcc libc6-dev`"
 _CC_TIMEOUT_S = 120.0
 
 
