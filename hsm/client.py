@@ -154,6 +154,18 @@ class Client:
         """Every master key id and version the HSM holds, with its KCV."""
         return self._cluster().call(Operation.LIST_KEYS, lambda ring: ring.list_keys())
 
+    def key_members(self) -> tuple[list[tuple[KeyInfo, list[str]]], dict[str, str]]:
+        """The cluster's view of its keys: every key version any member holds, with the
+        members holding it (in config order), and the members that could not be asked,
+        with why. A version whose copies disagree is listed once per KCV."""
+        listings, errors = self._cluster().holdings()
+        seen: dict[tuple[str, int, str], list[str]] = {}
+        for member in self.members:
+            for (key_id, version), kcv in listings.get(member.name, {}).items():
+                seen.setdefault((key_id, version, kcv), []).append(member.name)
+        return ([(KeyInfo(k, v, kcv), names) for (k, v, kcv), names in sorted(seen.items())],
+                errors)
+
     def key_info(self, key_id: str, version: int | None = None) -> KeyInfo:
         return self._cluster().call(Operation.KEY_INFO,
                                     lambda ring: ring.key_info(key_id, version))
@@ -267,6 +279,15 @@ class Client:
     def verify(self) -> VerifyReport:
         """Every key and version on every member with matching KCVs; drift by member."""
         return self._cluster().verify()
+
+    def resync(self, member: str | None = None, *,
+               destroy_orphans: bool = False) -> dict[str, Any]:
+        """Bring ``member`` (default: every member) up to date now: copy the key versions it
+        lacks that reached quorum; with ``destroy_orphans``, also destroy every key version
+        held by fewer members than the quorum (no caller can have received it). Returns
+        ``{"copied": {member: [(key_id, version)]}, "destroyed": {...}, "not_served":
+        {member: why}}``."""
+        return self._cluster().repair(member, destroy_orphans=destroy_orphans)
 
     def status(self) -> list[MemberStatus]:
         """One :class:`MemberStatus` per member: health, counters, token, mechanisms."""

@@ -32,6 +32,13 @@ __all__ = [
 
 MODES = ("failover", "balanced")
 
+#: The numbers a config may hold, and their bounds (inclusive). ``pool_size``: worker
+#: sessions per member (each is an open session in the HSM; the module's own session limit
+#: is checked when the pool opens). ``deadline_ms``: per call, 10 ms to 10 minutes.
+#: ``quorum``: 1 to the number of members.
+POOL_SIZE_RANGE = (1, 256)
+DEADLINE_MS_RANGE = (10, 600_000)
+
 
 @dataclass(frozen=True)
 class MemberConfig:
@@ -105,7 +112,20 @@ def _get(table: Mapping[str, Any], key: str, kind: type, where: str, default: An
     if value is None or (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         if value is None and default is None:
             raise ConfigError(f"{where}: '{key}' is required")
-        raise ConfigError(f"{where}: '{key}' must be a {kind.__name__}")
+        raise ConfigError(f"{where}: '{key}' must be {_KIND_NAMES.get(kind, kind.__name__)}")
+    return value
+
+
+_KIND_NAMES = {int: "an integer", str: "a string"}
+
+
+def _number(table: Mapping[str, Any], key: str, where: str, default: int,
+            bounds: tuple[int, int]) -> int:
+    """An integer ``key`` of ``table`` (``default`` if absent) within ``bounds``."""
+    low, high = bounds
+    value: int = _get(table, key, int, where, default)
+    if not low <= value <= high:
+        raise ConfigError(f"{where}: {key} = {value} is out of range: allowed {low} to {high}")
     return value
 
 
@@ -133,11 +153,9 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         raise ConfigError(f"{where}: mode must be one of {', '.join(MODES)}")
     quorum = _get(cluster_table, "quorum", int, where, min(2, len(members)))
     if not 1 <= quorum <= len(members):
-        raise ConfigError(f"{where}: quorum must be between 1 and the number of members "
-                          f"({len(members)})")
-    deadline = _get(cluster_table, "deadline_ms", int, where, 2000)
-    if deadline <= 0:
-        raise ConfigError(f"{where}: deadline_ms must be positive")
+        raise ConfigError(f"{where}: quorum = {quorum} is out of range: allowed 1 to the "
+                          f"number of members ({len(members)})")
+    deadline = _number(cluster_table, "deadline_ms", where, 2000, DEADLINE_MS_RANGE)
 
     store_table = data.get("store", {})
     if not isinstance(store_table, Mapping):
@@ -185,8 +203,6 @@ def _member(table: Any, index: int, name: str, base: Path) -> MemberConfig:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise ConfigError(f"{where}: 'env' must be a table of strings")
-    pool_size = _get(table, "pool_size", int, where, 8)
-    if pool_size < 1:
-        raise ConfigError(f"{where}: pool_size must be at least 1")
+    pool_size = _number(table, "pool_size", where, 8, POOL_SIZE_RANGE)
     return MemberConfig(member_name, module, selector, pin, MappingProxyType(dict(env)),
                         pool_size, so_pin)

@@ -131,6 +131,7 @@ class Reason(enum.StrEnum):
     MECHANISM_INVALID = "mechanism_invalid"
     MECHANISM_PARAM_INVALID = "mechanism_param_invalid"
     MECHANISM_UNSUPPORTED = "mechanism_unsupported"
+    MODULE_INIT_FAILED = "module_init_failed"
     MODULE_LOAD = "module_load"
     NO_CHECK_VALUE = "no_check_value"
     NO_MEMBER = "no_member"

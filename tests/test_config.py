@@ -99,3 +99,53 @@ def test_default_quorum_fits_the_members(tmp_path: Path) -> None:
     path = tmp_path / "hsm.toml"
     path.write_text(GOOD.replace("quorum = 1\n", ""))
     assert load_config(path).cluster.quorum == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "allowed"),
+    [
+        ("pool_size = 1000000000", "pool_size", "allowed 1 to 256"),
+        ("pool_size = 257", "pool_size", "allowed 1 to 256"),
+        ("pool_size = 0", "pool_size", "allowed 1 to 256"),
+        ("pool_size = -3", "pool_size", "allowed 1 to 256"),
+        ("deadline_ms = 0", "deadline_ms", "allowed 10 to 600000"),
+        ("deadline_ms = 86400000", "deadline_ms", "allowed 10 to 600000"),
+        ("quorum = 0", "quorum", "allowed 1 to the number of members (1)"),
+    ],
+)
+def test_numbers_out_of_bounds_name_key_file_and_range(tmp_path: Path, line: str, key: str,
+                                                      allowed: str) -> None:
+    """Every number in the config is checked against sane bounds; the ConfigError names the
+    key, the file and the allowed range (a billion sessions took 86 s and 7.8 GB before)."""
+    path = tmp_path / "hsm.toml"
+    if key == "pool_size":  # a member's key
+        text = GOOD.replace('name = "hsm-a"', f'name = "hsm-a"\n{line}')
+    else:  # a [cluster] key, replacing the one GOOD has
+        text = "\n".join(line if old.startswith(f"{key} =") else old
+                         for old in GOOD.splitlines())
+    path.write_text(text)
+    with pytest.raises(hsm.ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"{line} is out of range" in message
+    assert allowed in message
+
+
+@pytest.mark.parametrize("line", ["pool_size = 8.5", 'pool_size = "8"', "pool_size = true"])
+def test_numbers_must_be_integers(tmp_path: Path, line: str) -> None:
+    """A number of the wrong type is a ConfigError naming the key."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(GOOD.replace('name = "hsm-a"', f'name = "hsm-a"\n{line}'))
+    with pytest.raises(hsm.ConfigError, match="'pool_size' must be an integer"):
+        load_config(path)
+
+
+def test_numbers_at_the_bounds_are_accepted(tmp_path: Path) -> None:
+    """The bounds themselves are allowed."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(GOOD.replace('name = "hsm-a"', 'name = "hsm-a"\npool_size = 256')
+                    .replace("deadline_ms = 1500", "deadline_ms = 600000"))
+    config = load_config(path)
+    assert config.members[0].pool_size == 256
+    assert config.cluster.deadline_ms == 600000

@@ -281,4 +281,5 @@ def test_long_modules_say_why(name: str) -> None:
     if lines <= 410:
         return
     doc = ast.get_docstring(_tree(path)) or ""
-    assert "400-line" in doc, f"{name} has {lines} lines and no reason in its docstring"
+    assert "400-line" in doc or "400 lines" in doc, \
+        f"{name} has {lines} lines and no reason in its docstring"

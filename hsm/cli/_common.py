@@ -20,7 +20,7 @@ import click
 
 from hsm.client import Client
 from hsm.config import Config, load_config
-from hsm.errors import ContextMismatch, HSMError, InvalidCiphertext, PinError, PinIncorrect, Reason
+from hsm.errors import ContextMismatch, HSMError, InvalidCiphertext, PinIncorrect, Reason
 
 __all__ = [
     "CLIError",
@@ -136,15 +136,11 @@ def load() -> Config:
 
 @contextmanager
 def open_client() -> Iterator[Client]:
-    """An open client on the configured members; a refused PIN names the member."""
+    """An open client on the configured members (those that answer within the deadline);
+    when none opens, the error names each member and why."""
     config = load()
     client = Client(config)
-    try:
-        client.open()
-    except PinError as exc:
-        primary = config.members[0]
-        raise CLIError(f"member {primary.name!r} (pin {primary.pin}): {describe(exc)}"
-                       ) from None
+    client.open()  # an error names every member that failed, and why (main prints it)
     try:
         yield client
     finally:

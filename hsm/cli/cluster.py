@@ -48,28 +48,82 @@ def init() -> None:
 def verify() -> None:
     """Check that every key and version is on every member with the same KCV.
 
-    Drift is reported member by member (missing keys, keys whose KCV differs, members that
-    can't be reached); exit status 1 if there is any.
+    Drift is reported member by member: missing keys (copy them with hsm cluster resync),
+    keys whose KCV differs, orphans (held by fewer members than the quorum: no caller
+    received them), keys weaker than the master-key template, members that can't be
+    reached. Exit status 1 if there is any.
     """
     with open_client() as client:
         report = client.verify()
 
     def human() -> None:
-        click.echo(f"{report.keys} key version(s) across {len(report.members)} member(s)")
+        click.echo(f"{report.keys} key version(s) across {len(report.members)} member(s), "
+                   f"quorum {report.quorum}")
         for member in report.members:
             if not member.reachable:
                 click.echo(f"  {member.name}: UNREACHABLE ({member.error})")
                 continue
-            state = "ok" if not member.missing and not member.mismatched else "DRIFT"
+            state = "ok" if not member.drift and not member.weak else "DRIFT"
             click.echo(f"  {member.name}: {state}, {member.keys} key(s)")
             for key_id, version in member.missing:
                 click.echo(f"    missing    {key_id} v{version}")
             for key_id, version in member.mismatched:
                 click.echo(f"    other KCV  {key_id} v{version}")
+            for key_id, version in member.orphans:
+                click.echo(f"    orphan     {key_id} v{version} (below quorum)")
+            for (key_id, version), problems in member.weak:
+                click.echo(f"    weak       {key_id} v{version}: {', '.join(problems)}")
         click.echo("all members agree" if report.ok else "members disagree")
+        for hint in report.hints:
+            click.echo(f"  -> {hint}")
 
     emit(report.as_dict(), human)
     if not report.ok:
-        drifted = [m.name for m in report.members
-                   if not m.reachable or m.missing or m.mismatched]
-        raise CLIError(f"cluster drift on {', '.join(drifted)}")
+        drifted = [m.name for m in report.members if m.drift or m.weak]
+        raise CLIError(f"cluster drift on {', '.join(drifted)}"
+                       + (f"; {report.hints[0]}" if report.hints else ""))
+
+
+@cluster.command("resync")
+@click.argument("member", required=False, metavar="[MEMBER]")
+@click.option("--destroy-orphans", is_flag=True,
+              help="Also destroy every key version held by fewer members than the quorum "
+                   "(no caller received it). Irreversible: asks first unless --yes.")
+@click.option("--yes", is_flag=True, help="Do not ask before destroying orphans.")
+@common_options
+def resync(member: str | None, destroy_orphans: bool, yes: bool) -> None:
+    """Bring MEMBER (default: every member) up to date now.
+
+    Copies to it every key version that reached the quorum and it lacks (never a key only
+    one member holds), and applies the destroys it missed. What hsm cluster verify reports
+    as missing is gone afterwards.
+    """
+    with open_client() as client:
+        if destroy_orphans and not yes:
+            orphans = sorted({(k, v) for m in client.verify().members
+                              for k, v in m.orphans})
+            if orphans and not click.confirm(
+                    f"destroy {len(orphans)} orphan key version(s) on every member holding "
+                    "them? This cannot be undone", err=True):
+                raise CLIError("nothing destroyed (not confirmed)")
+        done = client.resync(member, destroy_orphans=destroy_orphans)
+
+    def human() -> None:
+        for name, refs in done["copied"].items():
+            click.echo(f"{name}: {len(refs)} key version(s) copied")
+            for key_id, version in refs:
+                click.echo(f"  copied     {key_id} v{version}")
+        for name, refs in done["destroyed"].items():
+            for key_id, version in refs:
+                click.echo(f"{name}: destroyed orphan {key_id} v{version}")
+        for name, why in done["not_served"].items():
+            click.echo(f"{name}: not brought up to date: {why}")
+
+    emit({"copied": {n: [{"key_id": k, "version": v} for k, v in refs]
+                     for n, refs in done["copied"].items()},
+          "destroyed": {n: [{"key_id": k, "version": v} for k, v in refs]
+                        for n, refs in done["destroyed"].items()},
+          "not_served": done["not_served"]}, human)
+    if done["not_served"]:
+        raise CLIError("not brought up to date: " + "; ".join(
+            f"{n}: {why}" for n, why in done["not_served"].items()))

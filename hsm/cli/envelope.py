@@ -11,18 +11,36 @@ OUT is left as it was (absent, or with its old content). Decrypted files are cre
 0600. Decryption verifies each frame before writing it, so nothing unauthenticated is ever
 written, not even to stdout (where a failure mid-stream leaves an authentic but incomplete
 prefix, and exit status 1).
+
+No partial output outlives the command, however it ends. Where the filesystem can
+(``O_TMPFILE``: ext4, tmpfs, xfs, btrfs...) the temporary file has no name at all until it
+is complete, then gets one and is renamed over OUT: a ``kill -9`` leaves nothing. Elsewhere
+it is ``.OUT.hsm-PID-XXXXXXXX.tmp``, locked while written: SIGTERM and SIGHUP remove it as
+SIGINT does, and after a ``kill -9`` the next ``hsm encrypt``/``decrypt`` into that directory
+removes it (its process gone, its lock free). A failed write names OUT, never IN (a full
+disk is the output's problem), and says OUT was not written or was left unchanged.
+
+Past the 400-line mark: the output-file handling above serves these two commands only, and reads
+best next to them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import io
 import os
+import re
+import secrets
+import signal
 import stat
 import sys
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from types import FrameType
+from typing import Any, BinaryIO, cast
 
 import click
 
@@ -78,42 +96,113 @@ def _regular_size(stream: BinaryIO) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
+class _OutputError(OSError):
+    """Writing OUT failed: the message names OUT and what became of it (never IN)."""
+
+    def __init__(self, exc: OSError, where: str, outcome: str) -> None:
+        super().__init__(exc.errno, exc.strerror, where)
+        reason = exc.strerror or str(exc)
+        self.message = f"cannot write {where}: {reason}" + (f"; {outcome}" if outcome else "")
+
+
+class _Output(io.RawIOBase):
+    """OUT, written through ``inner``: a failed write or flush is an :class:`_OutputError`
+    naming OUT (``where``) and ``outcome``."""
+
+    def __init__(self, inner: BinaryIO | io.RawIOBase, where: str, outcome: str, *,
+                 owned: bool = False) -> None:
+        super().__init__()
+        self._inner, self._where, self._outcome, self._owned = inner, where, outcome, owned
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._owned:
+                self._inner.close()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            written = self._inner.write(data)
+        except OSError as exc:
+            raise self.failed(exc) from None
+        return len(data) if written is None else written
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except OSError as exc:
+            raise self.failed(exc) from None
+
+    def failed(self, exc: OSError) -> _OutputError:
+        return exc if isinstance(exc, _OutputError) else _OutputError(exc, self._where,
+                                                                     self._outcome)
+
+
+def _file(fd: int, where: str, outcome: str) -> tuple[_Output, BinaryIO]:
+    """OUT's file descriptor ``fd``, buffered; closing the stream closes ``fd``."""
+    raw = _Output(io.FileIO(fd, "wb", closefd=True), where, outcome, owned=True)
+    return raw, cast(BinaryIO, io.BufferedWriter(raw))
+
+
 @contextlib.contextmanager
 def _writing(path: str, *, private: bool) -> Iterator[BinaryIO]:
     """OUT for binary writing: stdout for ``-``; for a path, a temporary file beside it that
-    replaces it only if the block succeeds (and is removed if it doesn't).
+    replaces it only if the block succeeds (and is removed if it doesn't, SIGTERM and
+    SIGHUP included; see the module docstring for ``kill -9``).
 
     An existing OUT that is not a regular file (``/dev/null``, a FIFO) is written in place,
     like stdout. ``private``: the new file is mode 0600, else ``0666 & ~umask``.
     """
     if path == _STDIO:
-        stream = sys.stdout.buffer
+        stdout = _Output(sys.stdout.buffer, "stdout", "")
         try:
-            yield stream
+            yield cast(BinaryIO, stdout)
         finally:
-            stream.flush()
+            stdout.flush()
         return
     if os.path.exists(path) and not os.path.isfile(path):
-        with open(path, "wb") as special:
-            yield special
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raw, special = _file(fd, path, "")
+        try:
+            with special:
+                yield special
+                special.flush()
+        except OSError as exc:  # flushed on close
+            raise raw.failed(exc) from None
         return
+    outcome = f"{path} left unchanged" if os.path.lexists(path) else f"{path} not written"
     directory = os.path.dirname(os.path.abspath(path))
+    _remove_stale(directory)
+    fd, temp = _create_temp(directory, os.path.basename(path), path, outcome)
+    raw, out = _file(fd, path, outcome)
+    written = False
     try:
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                    suffix=".tmp")
-    except OSError as exc:
-        raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        if not private:
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; ciphertext is not secret
-        with os.fdopen(fd, "wb") as out:
+        with _cleanup_on_signals(), out:
+            if not private:
+                os.fchmod(fd, 0o666 & ~_umask())  # created 0600; ciphertext is not secret
             yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
+            try:
+                out.flush()
+                os.fsync(fd)
+                if temp is None:  # O_TMPFILE: it gets a name only now that it is whole
+                    temp = _link_temp(fd, directory, os.path.basename(path))
+                os.replace(temp, path)
+            except OSError as exc:
+                raise raw.failed(exc) from None
+            temp, written = None, True  # it is OUT now
+    except BaseException as exc:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        if isinstance(exc, _Terminated) and not written:
+            click.echo(f"hsm: error: {signal.Signals(exc.signum).name}: {outcome}", err=True)
         raise
     with contextlib.suppress(OSError):  # the rename itself, durable (best effort)
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -121,6 +210,124 @@ def _writing(path: str, *, private: bool) -> Iterator[BinaryIO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+# Temporary files: ".OUT.hsm-PID-XXXXXXXX.tmp", locked (flock) by the process writing them.
+_TEMP_RE = re.compile(r"\A\..+\.hsm-(\d+)-[0-9a-f]{8}\.tmp\Z", re.DOTALL)
+
+
+def _temp_name(directory: str, base: str) -> str:
+    return os.path.join(directory, f".{base}.hsm-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _create_temp(directory: str, base: str, path: str, outcome: str) -> tuple[int, str | None]:
+    """A new file in ``directory`` (mode 0600, locked): unnamed (``O_TMPFILE``) where the
+    filesystem allows it, else named by :func:`_temp_name`. (fd, name or None)."""
+    tmpfile = getattr(os, "O_TMPFILE", None)
+    if tmpfile is not None and os.path.isdir("/proc/self/fd"):  # linked through /proc
+        try:
+            fd = os.open(directory, tmpfile | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except OSError:
+            pass  # not on this filesystem: a named file, below
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd, None
+    for _ in range(100):
+        name = _temp_name(directory, base)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                         | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise CLIError(f"cannot write {path}: {exc.strerror or exc}; {outcome}") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed: the file is being written
+        return fd, name
+    raise CLIError(f"cannot write {path}: no free temporary name in {directory}")
+
+
+def _link_temp(fd: int, directory: str, base: str) -> str:
+    """Give the complete unnamed file ``fd`` a temporary name (to rename over OUT)."""
+    # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N: os.link uses plain link() (which does
+    # not follow that magic link) unless a directory fd is given.
+    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while True:
+            name = _temp_name(directory, base)
+            try:
+                os.link(str(fd), name, src_dir_fd=proc, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            return name
+    finally:
+        os.close(proc)
+
+
+def _remove_stale(directory: str) -> None:
+    """Remove temporary files of ours left in ``directory`` by processes killed outright:
+    named by :func:`_temp_name`, regular, ours, their process gone and their lock free."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        found = _TEMP_RE.match(entry.name)
+        if found is None or _alive(int(found[1])):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(entry.path)
+        except OSError:
+            continue  # locked: a writer in another PID namespace; or gone meanwhile
+        finally:
+            os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as exc:
+        return exc.errno == errno.EPERM  # exists, someone else's
+    return True
+
+
+class _Terminated(SystemExit):
+    """SIGTERM or SIGHUP while OUT is written: unwinds like SIGINT, exit status 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`_Terminated` (where they would
+    have killed the process outright: a handler or SIG_IGN someone set is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _terminate)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _umask() -> int:
@@ -239,6 +446,8 @@ def _reported(src: str, dst: str, *, direct: bool) -> Iterator[None]:
         yield
     except HSMError as exc:
         raise _failure(exc, src, dst, direct=direct) from None
+    except _OutputError as exc:
+        raise CLIError(exc.message) from None
     except OSError as exc:
         where = exc.filename or (dst if isinstance(exc, BrokenPipeError) else src)
         raise CLIError(f"{where}: {exc.strerror or exc}") from None

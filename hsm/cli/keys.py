@@ -32,16 +32,23 @@ def create() -> None:
 @key.command("list")
 @common_options
 def list_() -> None:
-    """List every master key version on the HSM with its check value."""
+    """List every master key version the cluster holds, with its check value and the
+    members that hold it (a member that can't be asked is named, with why)."""
     with open_client() as client:
-        keys = client.list_keys()
+        keys, errors = client.key_members()
+        total = len(client.members)
 
     def human() -> None:
         if not keys:
             click.echo("no master keys")
-            return
-        click.echo(f"{'KEY ID':<36}  {'VERSION':>7}  KCV")
-        for info in keys:
-            click.echo(f"{info.key_id:<36}  {info.version:>7}  {info.kcv}")
+        else:
+            click.echo(f"{'KEY ID':<36}  {'VERSION':>7}  {'KCV':<6}  MEMBERS")
+            for info, names in keys:
+                where = "all" if len(names) == total else ", ".join(names)
+                click.echo(f"{info.key_id:<36}  {info.version:>7}  {info.kcv:<6}  "
+                           f"{len(names)}/{total} ({where})")
+        for name, why in errors.items():
+            click.echo(f"not asked: {name}: {why}")
 
-    emit({"keys": [_key_dict(info) for info in keys]}, human)
+    emit({"keys": [{**_key_dict(info), "members": names} for info, names in keys],
+          "unreachable": errors}, human)

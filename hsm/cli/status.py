@@ -72,8 +72,8 @@ def status() -> None:
     """Describe every member: token, reachability, OS locking, mechanisms, key count.
 
     Exit status 1 only when no member is reachable: the cluster fails over around the rest.
-    A long-running process sees live health, counters and failovers in ``client.status()``
-    and in its Prometheus metrics (``client.metrics.registry``).
+    A long-running process sees live health, counters and failovers in client.status() and
+    in its Prometheus metrics (client.metrics.registry).
     """
     config = load()
     statuses = [member_status(member) for member in config.members]

@@ -4,13 +4,17 @@ States (:class:`State`):
 
 - ``HEALTHY``: serves calls.
 - ``SUSPECT``: a call to it outlived the deadline and is still running; it gets no new work
-  until every such call has returned (then it is ``HEALTHY`` again, or ``DOWN`` if the late
-  answer was an error).
+  until every such call has returned. Then its probe is due at once: it serves again only
+  once it has been brought up to date (it may have missed keys meanwhile), like a member
+  coming back from ``DOWN``; a late answer that was an error makes it ``DOWN``.
 - ``DOWN``: a transient error; no work until a probe succeeds and the member has been
   brought up to date. Probes back off from ``probe_interval`` to ``max_probe_interval``.
+- ``DISABLED``: the token refused the PIN (or the PIN source gives none). Out of service for
+  good: never probed, never logged in again (real HSMs lock the account), until the config
+  is fixed and the process restarted.
 
-Business errors (bad context, unknown key, wrong PIN) never change the state. The lock is
-held only to change state, never around a call to the member.
+Business errors (bad context, unknown key) never change the state. The lock is held only to
+change state, never around a call to the member.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class State(enum.Enum):
     HEALTHY = "healthy"
     SUSPECT = "suspect"
     DOWN = "down"
+    DISABLED = "disabled"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class Health:
     def failed(self, reason: Reason) -> None:
         """A transient error: down, first probe after ``probe_interval``."""
         with self._lock:
+            if self.state is State.DISABLED:
+                return
             if self.state is not State.DOWN:
                 self._backoff = self._interval
             self.next_probe = self._clock() + self._backoff
@@ -97,17 +104,31 @@ class Health:
         with self._lock:
             self.hung -= 1
             change = None
-            if error_reason is not None:
+            if self.state is State.DISABLED:
+                pass
+            elif error_reason is not None:
                 if self.state is not State.DOWN:
                     self._backoff = self._interval
                 self.next_probe = self._clock() + self._backoff
                 change = self._set(State.DOWN, error_reason)
             elif self.hung == 0 and self.state is State.SUSPECT:
-                change = self._set(State.HEALTHY, Reason.ANSWERED_AGAIN)
+                self.next_probe = self._clock()  # answered again: bring it up to date now
+                self.last_reason = Reason.ANSWERED_AGAIN
         self._notify(change)
 
-    def probe_due(self) -> bool:
-        return self.state is State.DOWN and self.hung == 0 and self._clock() >= self.next_probe
+    def disabled(self, reason: Reason) -> None:
+        """The PIN was refused: out of service for good (never probed again)."""
+        with self._lock:
+            change = self._set(State.DISABLED, reason)
+        self._notify(change)
+
+    def probe_due(self, *, now: bool = False) -> bool:
+        """Whether the monitor should probe (and bring up to date) this member: it is down
+        and its backoff has passed (``now``: whatever the backoff), or it was suspect and
+        every hung call has returned."""
+        if self.hung or self.state not in (State.DOWN, State.SUSPECT):
+            return False
+        return now or self._clock() >= self.next_probe
 
     def probe_failed(self, reason: Reason) -> None:
         with self._lock:
@@ -117,6 +138,8 @@ class Health:
 
     def readmitted(self) -> None:
         with self._lock:
+            if self.state is State.DISABLED:
+                return
             self._backoff = self._interval
             change = self._set(State.HEALTHY, Reason.READMITTED)
         self._notify(change)

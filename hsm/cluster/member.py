@@ -36,6 +36,10 @@ class ClusterKeyring(Protocol):
     def export_key(self, key_id: str, version: int) -> bytes: ...
     def import_key(self, key_id: str, version: int, wrapped: bytes, *,
                    expected_kcv: str | None = None) -> KeyInfo: ...
+    def weak_keys(self) -> list[tuple[KeyInfo, list[str]]]:
+        """Key versions whose attributes grant more than the master-key template, each with
+        what is wrong (``hsm cluster verify`` reports them)."""
+        ...
 
 
 R = TypeVar("R", bound=ClusterKeyring, covariant=True)
@@ -90,7 +94,7 @@ class HSMMember:
         module = Module.acquire(self.config.module, self.config.env)
         try:
             pool = SessionPool.acquire(module, self.config.token, self.config.pin,
-                                       size=self.config.pool_size)
+                                       size=self.config.pool_size, name=self.name)
             pool.inline_recovery = self.inline_recovery
             try:
                 keyring = Keyring(pool, allow_unsafe_keys=self.allow_unsafe_keys).open()
@@ -118,6 +122,9 @@ class HSMMember:
         ring = self.keyring
         ring.pool.recover()
         ring.generate_random(1)
+        # SoftHSM answers random numbers even while its token store is lost: ask the token.
+        with ring.pool.session() as lease:
+            ring.pool.check_token(lease)
 
     def __repr__(self) -> str:
         state = "open" if self._keyring is not None else "closed"

@@ -16,7 +16,7 @@ from hsm.cluster.health import State
 
 __all__ = ["STATE_VALUES", "CallCounter", "ClusterMetrics"]
 
-STATE_VALUES = {State.HEALTHY: 0, State.SUSPECT: 1, State.DOWN: 2}
+STATE_VALUES = {State.HEALTHY: 0, State.SUSPECT: 1, State.DOWN: 2, State.DISABLED: 3}
 
 
 class CallCounter:
@@ -65,8 +65,8 @@ class ClusterMetrics:
                                  ["member"], registry=r,
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
                                           .5, 1, 2.5, 5))
-        self.state = Gauge("hsm_member_state", "0 healthy, 1 suspect, 2 down", ["member"],
-                           registry=r)
+        self.state = Gauge("hsm_member_state", "0 healthy, 1 suspect, 2 down, 3 disabled",
+                           ["member"], registry=r)
         self.failovers = Counter("hsm_member_failovers",
                                  "Calls that left this member for another", ["member"],
                                  registry=r)

@@ -15,6 +15,7 @@ malformed (refused by its          raise (every member would    raise
 structure, before any HSM call)    refuse it alike)
 key not found on that member       try the next member (the     raise
                                    key may not have reached it)
+PIN refused (member disabled)      try the next member          raise
 other permanent (bad input, PIN)   raise                        raise
 =================================  ===========================  ==========================
 
@@ -34,6 +35,7 @@ from hsm.errors import (
     InvalidCiphertext,
     KeyNotFound,
     Kind,
+    PinError,
     Reason,
 )
 
@@ -100,6 +102,8 @@ class FailoverPolicy:
         outcome = outcome_of(error)
         if not self.operation.idempotent:
             return Decision.RAISE
+        if isinstance(error, PinError):
+            return Decision.NEXT_MEMBER  # that member is disabled; the call is not at fault
         if outcome in (Outcome.TRANSIENT, Outcome.TIMEOUT, Outcome.KEY_NOT_FOUND):
             return Decision.NEXT_MEMBER
         if outcome is Outcome.INTEGRITY:
@@ -123,7 +127,11 @@ def exhausted(policy: FailoverPolicy, last: HSMError | None) -> HSMError:
             return last
         return InvalidCiphertext("ciphertext does not verify", reason=Reason.INTEGRITY)
     if last is not None and outcomes == {Outcome.KEY_NOT_FOUND}:
-        return last
+        if len(policy.history) == 1:
+            return last
+        asked = ", ".join(a.member for a in policy.history)
+        return KeyNotFound(f"{last.message} (no member holds it; asked {asked})",
+                           reason=last.reason)
     tried = "; ".join(str(a) for a in policy.history) or "no member was available"
     return ClusterUnavailable(
         f"{policy.operation.value} failed on every member: {tried}",

@@ -52,13 +52,15 @@ class Readmission(Generic[R]):
             except Exception:  # the monitor must survive anything; the log says what
                 log.exception("member monitor")
 
-    def check_members(self) -> None:
-        """Probe every member whose probe is due; bring it up to date and re-admit it.
-        Runs in the monitor thread; tests with a fake clock call it directly."""
+    def check_members(self, *, now: bool = False) -> None:
+        """Probe every member whose probe is due (``now``: every member that is down or
+        answered again, whatever its backoff); bring it up to date and re-admit it. Runs in
+        the monitor thread; placement and verify call it with ``now`` before they count
+        members; tests with a fake clock call it directly."""
         router = self.router
         for member in router.members:
             health = router.health[member.name]
-            if not health.probe_due():
+            if not health.probe_due(now=now):
                 continue
             try:
                 router.attempt(member, Operation.PING, lambda m: m.ping())
@@ -71,15 +73,18 @@ class Readmission(Generic[R]):
             router.metrics.readmissions.labels(member.name).inc()
 
     def resync(self, member: Member[R]) -> list[KeyRef]:
-        """Copy to ``member`` every key a healthy member holds and it lacks, apply destroys
-        it missed. Returns the keys copied."""
+        """Bring ``member`` up to date: copy to it every key version that at least
+        ``quorum`` healthy members hold and it lacks, apply the destroys it missed. A key
+        below quorum (an orphan) is never copied, so a key only one member holds (a create
+        that timed out, or one destroyed elsewhere while that member was away) never
+        spreads. Returns the key versions copied."""
         router = self.router
         with self._resync_lock:
             _, destroy = self.placement.owed(member.name)
             sources = [m for m in router.serving() if m is not member]
             copied: list[KeyRef] = []
             if sources:
-                copied = self._copy_missing(sources[0], member, destroy)
+                copied = self._copy_missing(sources, member, destroy)
             for ref in sorted(destroy):
                 try:
                     router.attempt(member, Operation.DESTROY_KEY, partial(_destroy, ref=ref))
@@ -92,32 +97,42 @@ class Readmission(Generic[R]):
                          len(copied))
             return copied
 
-    def _copy_missing(self, source: Member[R], member: Member[R],
+    def _copy_missing(self, sources: list[Member[R]], member: Member[R],
                       skip: set[KeyRef]) -> list[KeyRef]:
         router = self.router
-        have = {(k.key_id, k.version): k for k in
+        have = {(k.key_id, k.version): k.kcv for k in
                 router.attempt(member, Operation.LIST_KEYS, lambda m: m.keyring.list_keys())}
-        want = {(k.key_id, k.version): k for k in
-                router.attempt(source, Operation.LIST_KEYS, lambda m: m.keyring.list_keys())}
-        copied: list[KeyRef] = []
-        for ref, info in sorted(want.items()):
-            if ref in skip:
+        holders: dict[KeyRef, list[tuple[Member[R], str]]] = {}
+        for source in sources:
+            try:
+                listed = router.attempt(source, Operation.LIST_KEYS,
+                                        lambda m: m.keyring.list_keys())
+            except HSMError as exc:
+                log.info("resync of %s: %s not listed (%s)", member.name, source.name,
+                         exc.reason)
                 continue
+            for info in listed:
+                holders.setdefault((info.key_id, info.version), []).append((source, info.kcv))
+        copied: list[KeyRef] = []
+        for ref, held in sorted(holders.items(), key=lambda item: item[0]):
+            source, kcv = held[0]
             if ref in have:
-                if have[ref].kcv != info.kcv:
+                if have[ref] != kcv:
                     raise ReplicationError(
                         f"member {member.name} holds key {ref[0]} v{ref[1]} with KCV "
-                        f"{have[ref].kcv}, {source.name} with {info.kcv}")
+                        f"{have[ref]}, {source.name} with {kcv}")
                 continue
+            if ref in skip or len(held) < self.placement.quorum:
+                continue  # destroyed while it was away, or an orphan: never copied
             blob = router.attempt(source, Operation.EXPORT_KEY, partial(_export, ref=ref))
             try:
                 router.attempt(member, Operation.IMPORT_KEY,
-                               partial(_import, ref=ref, blob=blob, kcv=info.kcv))
+                               partial(_import, ref=ref, blob=blob, kcv=kcv))
             except HSMError as exc:
                 if exc.reason is Reason.KCV_MISMATCH:
                     raise ReplicationError(
                         f"copy of key {ref[0]} v{ref[1]} on {member.name} would have another "
-                        f"KCV than {info.kcv}") from exc
+                        f"KCV than {kcv}") from exc
                 raise
             copied.append(ref)
         return copied

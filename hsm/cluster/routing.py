@@ -20,17 +20,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
+from hsm.cluster.executor import MemberExecutor
 from hsm.cluster.health import Health, State, Transition
 from hsm.cluster.member import ClusterKeyring, Member
 from hsm.cluster.metrics import STATE_VALUES, ClusterMetrics
 from hsm.cluster.operations import Operation
 from hsm.cluster.policy import Attempt, Decision, FailoverPolicy, Outcome, exhausted, outcome_of
-from hsm.errors import ConfigError, HSMError, HSMUnavailable, OperationFailed, Reason
+from hsm.errors import ConfigError, HSMError, HSMUnavailable, OperationFailed, PinError, Reason
 
 __all__ = ["CallRecord", "Router"]
 
@@ -81,7 +83,7 @@ class Router(Generic[R]):
                                     on_change=self._changed) for name in names}
         self.threaded = len(members) > 1 if threaded is None else threaded
         self._workers = executor_workers
-        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._executors: dict[str, MemberExecutor] = {}
         self._calls = {(name, op): self.metrics.calls[(name, op.value)]
                        for name in names for op in Operation}
         self._latency = {name: self.metrics.latency.labels(name) for name in names}
@@ -94,24 +96,97 @@ class Router(Generic[R]):
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def start_executors(self) -> None:
+        """The threads calls run in under the deadline (daemons: a hung call never keeps
+        the process from exiting)."""
+        if self.threaded and not self._executors:
+            self._executors = {m.name: MemberExecutor(self._workers, f"hsm-{m.name}")
+                               for m in self.members}
+
     def start(self) -> None:
         """The members are open (those that could be): calls may flow."""
-        if self.threaded:
-            self._executors = {
-                m.name: ThreadPoolExecutor(self._workers, thread_name_prefix=f"hsm-{m.name}")
-                for m in self.members
-            }
+        self.start_executors()
         self.opened = True
         if len(self.members) == 1:
             only = self.members[0]
             self._single_count = {op: self._calls[(only.name, op)].inc for op in Operation}
             self._single_ring = only.keyring
 
+    def open_members(self) -> dict[str, HSMError | None]:
+        """Open every member, all at once, each under the deadline (a hung module or token
+        must not keep the others from serving). Returns each member's error (None: it
+        opened). A refused PIN disables the member; any other failure leaves it down, to be
+        probed later; no answer in time leaves it suspect while its open goes on, and the
+        monitor brings it in once it has answered."""
+        outcome: dict[str, HSMError | None] = {}
+        if not self._executors:  # one member, or no threads asked for: inline
+            for member in self.members:
+                try:
+                    member.open()
+                    outcome[member.name] = None
+                except HSMError as err:
+                    outcome[member.name] = err
+                    self._open_failed(member.name, err)
+            return outcome
+        futures = {m.name: self._executors[m.name].submit(m.open) for m in self.members}
+        until = time.monotonic() + self.deadline
+        for name, future in futures.items():
+            try:
+                future.result(timeout=max(0.0, until - time.monotonic()))
+                outcome[name] = None
+            except FutureTimeout:
+                self.health[name].timed_out()
+                future.add_done_callback(partial(self._late, name))
+                outcome[name] = HSMUnavailable(
+                    f"member {name}: no answer within {self.deadline * 1000:.0f} ms while "
+                    "opening (module, token, login, mechanisms)", reason=Reason.DEADLINE)
+            except HSMError as err:
+                outcome[name] = err
+                self._open_failed(name, err)
+        return outcome
+
+    def _open_failed(self, name: str, err: HSMError) -> None:
+        if isinstance(err, PinError):
+            self._disable(name, err)
+            return
+        log.warning("member %s could not be opened (%s): %s; it starts down and is probed "
+                    "later", name, err.reason, err.message)
+        self.health[name].failed(err.reason)
+
+    def _late(self, name: str, future: Future[Any]) -> None:
+        """A call that outlived its deadline has returned."""
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, PinError):
+            self.health[name].hung_call_returned(None)
+            self._disable(name, exc)
+        else:
+            self.health[name].hung_call_returned(_error_of(future))
+
+    def close_members(self) -> None:
+        """Close every member, each under the deadline; one whose calls hang is left to the
+        process's exit rather than waited for."""
+        for member in self.members:
+            executor = self._executors.get(member.name)
+            if self.health[member.name].hung:
+                log.warning("member %s still has a call that never returned; not waiting "
+                            "for it to close", member.name)
+                continue
+            try:
+                if executor is None:
+                    member.close()
+                else:
+                    executor.submit(member.close).result(timeout=self.deadline)
+            except FutureTimeout:
+                log.warning("closing member %s: no answer within %.0f ms; left to the "
+                            "process's exit", member.name, self.deadline * 1000)
+            except HSMError as exc:
+                log.warning("closing member %s: %s", member.name, exc)
+
     def stop(self) -> None:
         self.opened = False
         self._single_ring = None
         for executor in self._executors.values():
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown()
         self._executors = {}
 
     # -- calls -----------------------------------------------------------------------------
@@ -164,8 +239,20 @@ class Router(Generic[R]):
     def _single_failed(self, err: HSMError) -> None:
         name = self.members[0].name
         self.metrics.errors.labels(name, err.kind.value).inc()
-        if err.transient:
+        if isinstance(err, PinError):
+            self._disable(name, err)
+        elif err.transient:
             self.health[name].failed(err.reason)
+
+    def _disable(self, name: str, err: HSMError) -> None:
+        """A refused PIN: the member is out of service for good (one log line)."""
+        if self.health[name].state is State.DISABLED:
+            return
+        self.health[name].disabled(err.reason)
+        log.error("member %s is out of service until the config is fixed and the process "
+                  "restarted: %s", name, err.message,
+                  extra={"hsm_event": "member_disabled", "member": name,
+                         "reason": str(err.reason)})
 
     def _pick(self, tried: frozenset[str]) -> Member[R] | None:
         """The next member to try: healthy ones by mode, then down ones (last resort)."""
@@ -198,7 +285,7 @@ class Router(Generic[R]):
                 return future.result(timeout=self.deadline)
             except FutureTimeout:
                 health.timed_out()
-                future.add_done_callback(lambda f: health.hung_call_returned(_error_of(f)))
+                future.add_done_callback(lambda f: self._late(member.name, f))
                 raise HSMUnavailable(
                     f"{op.value} on member {member.name}: no answer within "
                     f"{self.deadline * 1000:.0f} ms", reason=Reason.DEADLINE,
@@ -206,7 +293,9 @@ class Router(Generic[R]):
         except HSMError as err:
             outcome, reason = outcome_of(err), err.reason
             self.metrics.errors.labels(member.name, err.kind.value).inc()
-            if err.transient and err.reason is not Reason.DEADLINE:
+            if isinstance(err, PinError):
+                self._disable(member.name, err)
+            elif err.transient and err.reason is not Reason.DEADLINE:
                 health.failed(err.reason)
             raise
         finally:

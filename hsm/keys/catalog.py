@@ -5,7 +5,9 @@ primitives of :mod:`hsm.keys.transfer`) stand on. The token itself is the record
 version is the secret key labelled ``hsm/<key id>/v<version>`` (:mod:`hsm.keys.master`).
 Key objects are found once per worker session and kept with it in the lease (they die with
 the session's module generation); each key version's attributes are checked against policy
-once per module generation.
+once per module generation. :meth:`MasterKeys.weak_keys` lists, without refusing them, the
+key versions whose attributes are weaker than the template (made by older versions, or
+planted by someone holding the user PIN).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 
 from hsm.errors import HSMError, KeyNotFound, OperationFailed, Reason
 from hsm.keys.master import (
+    ALLOWED_MECHANISMS,
     KEY_BYTES,
     KeyInfo,
     check_key,
@@ -22,7 +25,10 @@ from hsm.keys.master import (
     create_template,
     key_id_bytes,
     label_for,
+    master_kcv,
     parse_label,
+    policy_attributes,
+    policy_problems,
 )
 from hsm.pkcs11 import Lease, SecretKey, SessionPool
 
@@ -40,6 +46,9 @@ class MasterKeys:
     def __init__(self, pool: SessionPool, *, allow_unsafe: bool = False) -> None:
         self.pool = pool
         self.allow_unsafe = allow_unsafe
+        # The mechanisms master keys are restricted to, where the module enforces
+        # CKA_ALLOWED_MECHANISMS (the keyring sets None when its probe found it does not).
+        self.allowed: tuple[int, ...] | None = ALLOWED_MECHANISMS
         self.latest: dict[bytes, int] = {}  # key UUID -> latest version known
         self.kids: dict[str, bytes] = {}  # key id text -> UUID bytes, parsed once
         self._verified: set[tuple[bytes, int, int]] = set()  # (uuid, version, generation)
@@ -74,7 +83,7 @@ class MasterKeys:
                                   "refusing to guess", reason=Reason.DUPLICATE_KEY)
         key = found[0]
         if (kid, version, lease.generation) not in self._verified:
-            check_key(key, label, allow_unsafe=self.allow_unsafe)
+            check_key(key, label, allow_unsafe=self.allow_unsafe, allowed=self.allowed)
             self._verified.add((kid, version, lease.generation))
         lease.keys[(kid, version)] = key
         return key
@@ -119,15 +128,16 @@ class MasterKeys:
         fresh = key_id is None
         key_id = str(uuid.uuid4()) if key_id is None else canonical(key_id)
         version = check_version(version)
-        template = create_template(key_id, version, replicable=replicable)
+        template = create_template(key_id, version, replicable=replicable,
+                                   allowed=self.allowed)
         with self.pool.session() as lease:
             if not fresh and self.holds(lease, template.label):
                 raise OperationFailed(f"token {self.pool.selector} already holds master key "
                                       f"{key_id} version {version}", reason=Reason.KEY_EXISTS)
             key = lease.generate_key(template, KEY_BYTES)
             try:
-                check_key(key, template.label, allow_unsafe=False)
-                kcv = key.kcv()
+                check_key(key, template.label, allow_unsafe=False, allowed=self.allowed)
+                kcv = master_kcv(key)
             except BaseException:
                 # The module ignored our template: this key must never be used.
                 key.destroy(operation="destroy unsafe key")
@@ -144,7 +154,8 @@ class MasterKeys:
             for key in lease.find_keys(operation="list keys"):
                 parsed = parse_label(key.label(operation="list keys"))
                 if parsed is not None:
-                    found.append(KeyInfo(parsed[0], parsed[1], key.kcv(operation="list keys")))
+                    found.append(KeyInfo(parsed[0], parsed[1],
+                                         master_kcv(key, operation="list keys")))
         found.sort(key=lambda k: (k.key_id, k.version))
         for info in found:
             kid = key_id_bytes(info.key_id)
@@ -156,7 +167,7 @@ class MasterKeys:
         kid = key_id_bytes(key_id)
         with self.pool.session() as lease:
             version = version or self.latest_version(lease, kid)
-            return KeyInfo(key_id, version, self.find(lease, kid, version).kcv())
+            return KeyInfo(key_id, version, master_kcv(self.find(lease, kid, version)))
 
     def has(self, key_id: str, version: int) -> KeyInfo | None:
         """The key version's :class:`KeyInfo` if the token holds it, else None (a key under
@@ -168,7 +179,35 @@ class MasterKeys:
                 key = self.find(lease, kid, version)
             except KeyNotFound:
                 return None
-            return KeyInfo(str(uuid.UUID(bytes=kid)), version, key.kcv())
+            return KeyInfo(str(uuid.UUID(bytes=kid)), version, master_kcv(key))
+
+    def weak_keys(self) -> list[tuple[KeyInfo, list[str]]]:
+        """Every master key version on the token whose attributes are weaker than the
+        master-key template, with what is wrong (:func:`~hsm.keys.master.policy_problems`:
+        ``["MODIFIABLE", "UNWRAP", "WRAP", "no ALLOWED_MECHANISMS"]`` for a key made by an
+        older version), sorted by key id and version. Never refuses such a key
+        (:class:`~hsm.errors.UnsafeKey` is for using keys); its KCV is "" where none can be
+        computed. HSM trouble raises as usual."""
+        weak: list[tuple[KeyInfo, list[str]]] = []
+        with self.pool.session() as lease:
+            for key in lease.find_keys(operation="list weak keys"):
+                parsed = parse_label(key.label(operation="list weak keys"))
+                if parsed is None:
+                    continue
+                attrs = policy_attributes(key)
+                problems = (policy_problems(attrs, allowed=self.allowed) if attrs
+                            else ["attributes unreadable"])
+                if not problems:
+                    continue
+                try:
+                    kcv = master_kcv(key, operation="list weak keys")
+                except HSMError as exc:
+                    if exc.transient:
+                        raise
+                    kcv = ""
+                weak.append((KeyInfo(parsed[0], parsed[1], kcv), problems))
+        weak.sort(key=lambda item: (item[0].key_id, item[0].version))
+        return weak
 
     def destroy(self, key_id: str, version: int) -> None:
         """Destroy one master key version. Irreversible: everything sealed under it is lost."""

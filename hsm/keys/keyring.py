@@ -32,7 +32,7 @@ from hsm.keys.blob import FORMAT_VERSION as _FORMAT
 from hsm.keys.blob import MAGIC as _MAGIC
 from hsm.keys.blob import pack_header as _header
 from hsm.keys.catalog import MasterKeys
-from hsm.keys.master import KeyInfo
+from hsm.keys.master import KeyInfo, allowed_mechanisms
 from hsm.keys.replication import CLUSTER_WRAP_LABEL
 from hsm.pkcs11 import Mechanisms, SessionPool, probe
 
@@ -103,10 +103,13 @@ class Keyring:
     # -- life cycle ------------------------------------------------------------------------
 
     def open(self) -> Keyring:
-        """Probe the module's mechanisms (the pool must be open; the keyring doesn't own it)."""
+        """Probe the module's mechanisms (the pool must be open; the keyring doesn't own it).
+        Where the module enforces CKA_ALLOWED_MECHANISMS, master keys are made allowed
+        AES-GCM alone and keys that are not are refused (:meth:`weak_keys` lists them)."""
         with self.pool.session() as lease:
             self._mechanisms = probe(lease.session)
         self._caller_iv = self._mechanisms.gcm_iv == "caller"
+        self._keys.allowed = allowed_mechanisms(self._mechanisms)
         return self
 
     @property
@@ -163,6 +166,15 @@ class Keyring:
     def destroy_key(self, key_id: str, version: int) -> None:
         """Destroy one master key version. Irreversible: everything sealed under it is lost."""
         self._keys.destroy(key_id, version)
+
+    def weak_keys(self) -> list[tuple[KeyInfo, list[str]]]:
+        """Every master key version on the token whose attributes are weaker than the
+        master-key template, each with the list of what is wrong, e.g. ``["MODIFIABLE",
+        "UNWRAP", "WRAP", "no ALLOWED_MECHANISMS"]`` for a key made by an older version of
+        hsm. Never raises :class:`~hsm.errors.UnsafeKey` for such keys (using them does,
+        unless ``allow_unsafe_keys``); what ``verify`` reports. The KCV of a key none can be
+        computed for is "". HSM trouble raises as usual (:class:`~hsm.errors.HSMError`)."""
+        return self._keys.weak_keys()
 
     # -- replication -----------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ RFC 5649 blobs of any length correctly, checked against the NIST KWP vectors).
 Two SoftHSM 2.6.1 quirks meet keys made by ``C_UnwrapKey``: they read back
 ``CKA_VALUE_LEN = 0`` (SoftHSM issue #628) and an empty ``CKA_CHECK_VALUE`` (issue #570).
 :func:`import_wrapped_key` establishes the length from the blob itself, and the key check
-value is computed inside the HSM when the module left it empty
-(:meth:`hsm.pkcs11.SecretKey.kcv`).
+value of a master key is computed inside the HSM with AES-GCM
+(:func:`hsm.keys.master.master_kcv`).
 
 Hazmat: these are building blocks for replication and key import; applications use
 :func:`hsm.open`.
@@ -42,10 +42,12 @@ from hsm.errors import (
 from hsm.keys.master import (
     CAPABILITIES,
     KEY_BYTES,
-    POLICY_ATTRIBUTES,
     KeyInfo,
+    allowed_mechanisms,
     check_attributes,
     create_template,
+    master_kcv,
+    policy_attributes,
 )
 from hsm.pkcs11 import (
     AES_KEY_WRAP,
@@ -164,7 +166,7 @@ def unwrap_key_object(lease: Lease, unwrapping_key: SecretKey | str, wrapped: by
     ``unwrapping_key`` is a key object of ``lease``'s session or the label of a secret key
     on its token. The template is explicit (python-pkcs11 adds no SENSITIVE/PRIVATE
     defaults): PRIVATE, SENSITIVE and not EXTRACTABLE unless asked otherwise, exactly
-    ``capabilities`` (ENCRYPT/DECRYPT/WRAP/UNWRAP by default; SIGN, VERIFY, DERIVE only if
+    ``capabilities`` (ENCRYPT/DECRYPT by default; WRAP, UNWRAP, SIGN, VERIFY, DERIVE only if
     listed), a token object if ``token``. ``extractable=True`` / ``sensitive=False`` are for
     tests and replication under a trusted key, never for master keys.
 
@@ -190,8 +192,9 @@ def import_wrapped_key(keyring: KeyringLike, wrapped: bytes, *, wrapping_key_lab
     The wrapping key is the secret key labelled ``wrapping_key_label`` on the keyring's token
     (the imported key is only as secret as that key, which whoever wrapped the material also
     holds). The new key gets a new UUID key id, version 1, the master-key label and id, and
-    the master-key template: token object, PRIVATE, SENSITIVE, not EXTRACTABLE, capabilities
-    :data:`hsm.keys.master.CAPABILITIES`. It is checked against the master-key policy before
+    the master-key template: token object, PRIVATE, SENSITIVE, not EXTRACTABLE, not
+    MODIFIABLE, capabilities :data:`hsm.keys.master.CAPABILITIES`, AES-GCM only where the
+    module enforces CKA_ALLOWED_MECHANISMS. It is checked against the master-key policy before
     it is returned; a key that fails any check is destroyed.
 
     Refuses: a blob that is not 40 bytes (:class:`InvalidInput`: AES-256 wraps to 40 bytes),
@@ -209,7 +212,8 @@ def import_wrapped_key(keyring: KeyringLike, wrapped: bytes, *, wrapping_key_lab
         raise InvalidInput("wrapping_key_label must be a non-empty string")
     mechanism = pkcs11_mechanism(which, keyring.mechanisms)
     key_id = str(uuid.uuid4())
-    template = create_template(key_id, 1)
+    allowed = allowed_mechanisms(keyring.mechanisms)
+    template = create_template(key_id, 1, allowed=allowed)
     with keyring.pool.session() as lease:
         try:
             unwrapper = _find_secret(lease, wrapping_key_label, "wrapping key")
@@ -218,7 +222,7 @@ def import_wrapped_key(keyring: KeyringLike, wrapped: bytes, *, wrapping_key_lab
             raise
         key = unwrapper.unwrap(data, mechanism, template)
         try:
-            kcv = _verify_imported(key, template.label)
+            kcv = _verify_imported(key, template.label, allowed)
         except BaseException:
             _destroy_quietly(key, template.label)
             raise
@@ -268,26 +272,26 @@ def _material_length(key: SecretKey) -> tuple[int | None, bool]:
     return None, aes  # SoftHSM reads 0 on keys made by C_UnwrapKey (its issue #628)
 
 
-def _verify_imported(key: SecretKey, label: str) -> str:
+def _verify_imported(key: SecretKey, label: str, allowed: tuple[int, ...] | None) -> str:
     """Check an imported key against the master-key policy; return its KCV."""
-    attrs = key.read(POLICY_ATTRIBUTES)
+    attrs = policy_attributes(key)
     if not attrs.get(Attr.VALUE_LEN):
         # The module did not record the length (SoftHSM 2.6, issue #628). A 40-byte blob
-        # holds 32 bytes under KW and 25 to 32 under KWP; AES-ECB accepts only 16, 24 or 32:
+        # holds 32 bytes under KW and 25 to 32 under KWP; AES accepts only 16, 24 or 32:
         # if the HSM computes a check value with the key, it is 32 bytes.
         try:
-            kcv = key.kcv()
+            kcv = key.kcv_gcm()
         except HSMError as exc:
             if exc.transient:
                 raise
             raise InvalidInput("the unwrapped key material is not an AES-256 key") from None
         attrs[Attr.VALUE_LEN] = KEY_BYTES
-        check_attributes(attrs, label, allow_unsafe=False)
+        check_attributes(attrs, label, allow_unsafe=False, allowed=allowed)
         return kcv
     if attrs.get(Attr.VALUE_LEN) != KEY_BYTES and attrs.get(Attr.KEY_TYPE) is KeyType.AES:
         raise InvalidInput("the unwrapped key material is not an AES-256 key")
-    check_attributes(attrs, label, allow_unsafe=False)
-    return key.kcv()
+    check_attributes(attrs, label, allow_unsafe=False, allowed=allowed)
+    return master_kcv(key)
 
 
 def _destroy_quietly(key: SecretKey, label: str) -> None:

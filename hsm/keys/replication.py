@@ -11,9 +11,13 @@ The cluster wrapping key is AES-256, a token object, CKA_TRUSTED, WRAP and UNWRA
 ENCRYPT/DECRYPT: a blob can't simply be decrypted with it), SENSITIVE, not EXTRACTABLE, not
 MODIFIABLE, PRIVATE=false (SoftHSM's SO can't create private objects), labelled
 :data:`CLUSTER_WRAP_LABEL`. It also carries a ``CKA_UNWRAP_TEMPLATE``: every key unwrapped
-under it must be SENSITIVE, WRAP_WITH_TRUSTED and not DERIVE. Without that, anyone holding
-the user PIN could unwrap an exported master key into a copy that is *not* sensitive and read
-it in plaintext (measured on SoftHSM 2.6.1, which enforces the template). The security
+under it must be SENSITIVE, WRAP_WITH_TRUSTED, not DERIVE and not MODIFIABLE. Without that,
+anyone holding the user PIN could unwrap an exported master key into a copy that is *not*
+sensitive and read it in plaintext, or into a modifiable one, set CKA_DERIVE on it and derive
+a readable key (measured on SoftHSM 2.6.1, which enforces the template). Wrapping keys made
+by ceremonies before MODIFIABLE joined the template lack that line (it can't be added to
+an existing key: they are not modifiable either); `hsm cluster init` on a fresh token makes
+the new one. The security
 officer's session itself (login, and the calls made as the SO, including writing that
 template) is the edge's :class:`hsm.pkcs11.SecurityOfficer`; this module holds the policy:
 what the key is, what it must say about itself, and how it is tested.
@@ -73,11 +77,14 @@ CLUSTER_WRAP_LABEL = "hsm/cluster-wrap"
 CLUSTER_WRAP_ID = b"hsm/cluster-wrap"
 MATERIAL_BYTES = 32  # AES-256
 
-# What every key unwrapped under the cluster wrapping key must say about itself.
+# What every key unwrapped under the cluster wrapping key must say about itself. Not
+# MODIFIABLE: on a modifiable copy, whoever holds the user PIN could set CKA_DERIVE afterwards
+# (SoftHSM allows it) and derive a key they can read.
 UNWRAP_TEMPLATE: tuple[tuple[Attr, bool], ...] = (
     (Attr.SENSITIVE, True),
     (Attr.WRAP_WITH_TRUSTED, True),
     (Attr.DERIVE, False),
+    (Attr.MODIFIABLE, False),
 )
 
 # What a cluster wrapping key found on a token must say about itself to be used.
@@ -97,7 +104,7 @@ _TEMPLATE_REFUSALS = frozenset({
 # The self-test's session keys: one the unwrap template allows, one it must refuse.
 _SEALED_COPY = KeyTemplate(key_type=KeyType.AES, capabilities=Capability(0), token=False,
                            private=False, sensitive=True, extractable=False,
-                           wrap_with_trusted=True)
+                           wrap_with_trusted=True, modifiable=False)
 _READABLE_COPY = KeyTemplate(key_type=KeyType.AES, capabilities=Capability(0), token=False,
                              private=False, sensitive=False, extractable=True)
 

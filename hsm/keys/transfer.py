@@ -24,6 +24,7 @@ from hsm.keys.master import (
     check_version,
     create_template,
     key_id_bytes,
+    master_kcv,
     policy_attributes,
 )
 from hsm.keys.replication import find_wrapping_key, no_wrapping_key
@@ -80,11 +81,13 @@ def import_key(keys: MasterKeys, mechanisms: Mechanisms, key_id: str, version: i
         raise InvalidCiphertext("ciphertext does not verify", reason=Reason.WRAPPED_KEY_LENGTH)
     want = expected_kcv.lower() if expected_kcv is not None else None
     mechanism = pkcs11_mechanism(WrapMechanism.KW, mechanisms, length=KEY_BYTES)
-    template = create_template(key_id, version, replicable=True)
+    # The copy gets exactly the rights the original was made with (not MODIFIABLE, AES-GCM
+    # only where the module enforces it): the importer chooses them, not the blob.
+    template = create_template(key_id, version, replicable=True, allowed=keys.allowed)
     pool = keys.pool
     with pool.session() as lease:
         if keys.holds(lease, template.label):
-            info = KeyInfo(key_id, version, keys.find(lease, kid, version).kcv())
+            info = KeyInfo(key_id, version, master_kcv(keys.find(lease, kid, version)))
             if want is not None and info.kcv != want:
                 raise OperationFailed(
                     f"token {pool.selector} already holds master key {key_id} version "
@@ -100,8 +103,8 @@ def import_key(keys: MasterKeys, mechanisms: Mechanisms, key_id: str, version: i
         try:
             # A 40-byte RFC 3394 blob holds exactly 32 bytes: the length is proven even
             # where the module records none (SoftHSM: VALUE_LEN 0, empty CHECK_VALUE).
-            check_key(key, template.label, allow_unsafe=False)
-            kcv = key.kcv()
+            check_key(key, template.label, allow_unsafe=False, allowed=keys.allowed)
+            kcv = master_kcv(key)
             if want is not None and kcv != want:
                 raise InvalidCiphertext("ciphertext does not verify",
                                         reason=Reason.KCV_MISMATCH)

@@ -11,6 +11,7 @@ from hsm.pkcs11.lease import Lease
 from hsm.pkcs11.mechanisms import Mechanisms, probe
 from hsm.pkcs11.module import Module, TokenSelector
 from hsm.pkcs11.objects import (
+    AES_GCM,
     AES_KEY_WRAP,
     Attr,
     AttrValue,
@@ -26,6 +27,7 @@ from hsm.pkcs11.pool import SessionPool
 from hsm.pkcs11.translate import Recovery, recovery_for, translate_error, translated
 
 __all__ = [
+    "AES_GCM",
     "AES_KEY_WRAP",
     "Attr",
     "AttrValue",

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsm.pkcs11.objects import KeyTemplate, SecretKey, create_key, find_keys, generate_key
-from hsm.pkcs11.objects import random_bytes as _random_bytes
+from hsm.pkcs11.calls import create_key, find_keys, generate_key
+from hsm.pkcs11.calls import random_bytes as _random_bytes
+from hsm.pkcs11.objects import KeyTemplate, SecretKey
 
 __all__ = ["Lease"]
 
@@ -15,7 +16,7 @@ class Lease:
     """A worker session on loan, with the key objects already found in it (``keys``, the
     caller's cache: forgotten after errors that make handles stale).
 
-    The calls on the session are typed (:mod:`hsm.pkcs11.objects`); ``session`` is the
+    The calls on the session are typed (:mod:`hsm.pkcs11.calls`); ``session`` is the
     python-pkcs11 session itself, for this package's edge modules.
     """
 

@@ -9,7 +9,9 @@ the output with ``cryptography``'s implementation of the same RFC:
   ``CKM_AES_KEY_WRAP_KWP`` (0x210B, the spec's) or ``CKM_AES_KEY_WRAP_PAD`` (0x210A, what
   SoftHSM 2.6 gives RFC 5649 output under). ``kwp_any_length`` says whether it stays
   RFC 5649 for lengths that are not a multiple of 8 (SoftHSM zero-pads first: it doesn't);
-- AES-GCM, and whether the caller may choose the IV (SoftHSM) or the HSM must (CloudHSM).
+- AES-GCM, and whether the caller may choose the IV (SoftHSM) or the HSM must (CloudHSM);
+- whether the module enforces ``CKA_ALLOWED_MECHANISMS``: a session key allowed AES-GCM
+  alone must still do AES-GCM and be refused AES-ECB (SoftHSM 2.6: it is).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Mechanisms:
     kwp_any_length: bool
     aes_gcm: bool
     gcm_iv: str  # "caller": we pick IVs; "hsm": the module insists on its own; "" no GCM
+    #: The module refuses a key a mechanism its CKA_ALLOWED_MECHANISMS does not list.
+    allowed_mechanisms: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -103,11 +107,41 @@ def _probe(session: Any) -> Mechanisms:
         any_length = pad is not None and _wraps_like(
             wrapper, odd_target, pad, keywrap.aes_key_wrap_with_padding(wkey, odd_value))
         gcm, gcm_iv = _probe_gcm(wrapper)
-        return Mechanisms(kw, pad, any_length, gcm, gcm_iv)
+        allowed = gcm_iv == "caller" and _probe_allowed(session, made)
+        return Mechanisms(kw, pad, any_length, gcm, gcm_iv, allowed)
     finally:
         for obj in made:
             with contextlib.suppress(p11e.PKCS11Error):
                 obj.destroy()
+
+
+def _probe_allowed(session: Any, made: list[Any]) -> bool:
+    """Whether a key allowed AES-GCM alone still does AES-GCM and is refused AES-ECB."""
+    try:
+        key = session.create_object({
+            Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
+            Attribute.VALUE: os.urandom(32), Attribute.TOKEN: False, Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.ENCRYPT: True,
+            Attribute.DECRYPT: True, Attribute.WRAP: False, Attribute.UNWRAP: False,
+            Attribute.ALLOWED_MECHANISMS: (int(Mechanism.AES_GCM),),
+        })
+    except NotImplementedError:  # a session opened without this package's attribute mapper
+        return False
+    except p11e.PKCS11Error as exc:
+        if translate_error(exc, "probe allowed mechanisms").transient:
+            raise
+        return False  # the module refuses the attribute
+    made.append(key)
+    if not _probe_gcm(key)[0]:
+        return False
+    try:
+        key.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)
+    except p11e.PKCS11Error as exc:
+        error = translate_error(exc, "probe allowed mechanisms")
+        if error.transient:
+            raise
+        return error.reason is Reason.MECHANISM_INVALID
+    return False  # AES-ECB went through: the module ignores the restriction
 
 
 def _probe_gcm(key: Any) -> tuple[bool, str]:

@@ -8,6 +8,13 @@ Every call into the module runs between :meth:`Module.enter` and :meth:`Module.e
 count calls in flight, so that :meth:`Module.reinitialize` never finalizes under a thread
 that is mid-call. Each re-initialize bumps :attr:`Module.generation`: sessions and key
 objects made in an older generation are never used again (SoftHSM reuses handle numbers).
+Loading, listing tokens and logging in also hold :attr:`Module.store_lock`, shared with the
+other processes using the module (:mod:`hsm.pkcs11.storelock`); what a failed load means is
+:mod:`hsm.pkcs11.loading`.
+
+Longer than this package's ~400-line rule on purpose: loading, the calls-in-flight count,
+re-initializing, quiescing and the fork check share the module's lock, its generation and its
+``ready`` flag, so they stay in one class.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ import pkcs11
 import pkcs11.exceptions as p11e
 
 from hsm.errors import HSMUnavailable, ModuleLoadError, Reason, TokenNotFound
+from hsm.pkcs11 import native
+from hsm.pkcs11.loading import check_loadable, init_error, load_error, named
 from hsm.pkcs11.oslocking import OSLockingError, enable_os_locking, finalize_module
+from hsm.pkcs11.storelock import StoreLock
 from hsm.pkcs11.translate import translate_error, translated
 
 __all__ = ["Module", "TokenSelector"]
@@ -89,6 +99,9 @@ class Module:
         self._pid = os.getpid()
         self._fork_epoch = _fork_epoch
         self._lib: Any = None
+        # Around loading, initializing, listing tokens and logging in, across processes too
+        # (SoftHSM rewrites a token's record at every login; see hsm.pkcs11.storelock).
+        self.store_lock = StoreLock(self.path)
         self.failed = False  # the last re-initialize did not complete: try again first
         # True while a session pool may lend without entering (no re-initialize running or
         # failed, not a fresh fork child): pools read it without a lock, see _busy().
@@ -158,17 +171,17 @@ class Module:
                     os.environ[k] = v
 
     def _load_locked(self) -> None:
-        with self._environment():
+        with self._environment(), self.store_lock:
+            check_loadable(self.path)
             try:
                 self._lib = pkcs11.lib(self.path)
             except p11e.PKCS11Error as exc:
-                # The loader's message names the file and the dlopen error; no secrets.
-                raise ModuleLoadError(
-                    f"PKCS#11 module {self.path} can't be loaded: {exc}"
-                ) from None
+                raise load_error(self.path, exc) from None
             if not self._lib.initialized:  # a cached library that was finalized before
-                with translated("initialize"):
+                try:
                     self._lib.initialize()
+                except p11e.PKCS11Error as exc:
+                    raise load_error(self.path, exc) from None
             self._enable_os_locking()
         self.generation += 1
         self._pid = os.getpid()
@@ -177,7 +190,7 @@ class Module:
     def _restart_locked(self) -> None:
         """Finalize (a module already down says so; ignored), initialize, OS locking.
         The caller holds the loader lock."""
-        with self._environment():
+        with self._environment(), self.store_lock:
             with suppress(p11e.PKCS11Error):
                 self.lib.finalize()
             try:
@@ -185,12 +198,14 @@ class Module:
             except p11e.PKCS11Error as exc:
                 error = translate_error(exc, "initialize")
                 if error.reason is not Reason.ALREADY_INITIALIZED:
-                    raise error from exc
+                    raise init_error(self.path, named(exc)) from exc
                 # A C_Finalize that failed left python-pkcs11 believing the module is down
                 # while it is still up: finalize it through its own function list, retry.
                 finalize_module(self.path)
-                with translated("initialize"):
+                try:
                     self.lib.initialize()
+                except p11e.PKCS11Error as again:
+                    raise init_error(self.path, named(again)) from again
             self._enable_os_locking()
 
     def _enable_os_locking(self) -> None:
@@ -198,8 +213,9 @@ class Module:
             enable_os_locking(self.path)
         except OSLockingError as exc:
             if not exc.initialized:
-                raise HSMUnavailable(f"PKCS#11 module {self.path} failed to initialize ({exc})",
-                                     reason=Reason.NOT_INITIALIZED) from None
+                refused = named(native.error_for(exc.rv))
+                raise init_error(self.path, f"{refused} with CKF_OS_LOCKING_OK, and again "
+                                 "without") from None
             log.warning("module %s refused OS locking (%s); serializing every call to it",
                         self.path, exc)
             self.os_locking = False
@@ -357,10 +373,15 @@ class Module:
 
     # -- tokens ---------------------------------------------------------------------------
 
-    def tokens(self) -> list[tuple[str, str, Any]]:
-        """``(label, serial, token)`` for every slot with a token present."""
+    def tokens(self, *, entered: bool = False) -> list[tuple[str, str, Any]]:
+        """``(label, serial, token)`` for every slot with a token present. ``entered``: the
+        caller is already inside :meth:`using` (no second count, no wait for a
+        re-initialize that would wait for the caller)."""
+        if not entered:
+            with self.using():
+                return self.tokens(entered=True)
         found = []
-        with self.using(), translated("list tokens"):
+        with self.store_lock, translated("list tokens"):
             for slot in self.lib.get_slots(token_present=True):
                 try:
                     token = slot.get_token()
@@ -373,9 +394,10 @@ class Module:
                 found.append((token.label, _token_serial(token), token))
         return found
 
-    def find_token(self, selector: TokenSelector) -> Any:
-        """The token ``selector`` names; :class:`TokenNotFound` lists the ones that exist."""
-        tokens = self.tokens()
+    def find_token(self, selector: TokenSelector, *, entered: bool = False) -> Any:
+        """The token ``selector`` names; :class:`TokenNotFound` lists the ones that exist.
+        ``entered`` as for :meth:`tokens`."""
+        tokens = self.tokens(entered=entered)
         for label, serial, token in tokens:
             if selector.matches(label, serial):
                 return token
@@ -383,6 +405,16 @@ class Module:
         raise TokenNotFound(
             f"no token with {selector} in {self.path}; tokens present: {present or 'none'}"
         )
+
+    def session_limits(self, token: Any, *, entered: bool = False) -> native.SessionLimits:
+        """How many sessions (and read-write sessions) the module lets this process open on
+        ``token``; None where it sets no limit or does not say. ``entered`` as for
+        :meth:`tokens`."""
+        if not entered:
+            with self.using():
+                return self.session_limits(token, entered=True)
+        with self.store_lock, translated("token info"):
+            return native.session_limits(self.path, int(token.slot.slot_id))
 
     def __repr__(self) -> str:
         return f"Module({self.path!r}, generation={self.generation})"
@@ -395,6 +427,7 @@ def _after_fork_in_child() -> None:
     _fork_epoch += 1
     for module in _registry.values():
         module.ready = False  # its pools take the slow path, which re-initializes it
+        module.store_lock = StoreLock(module.path)  # another thread may have held it
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -7,9 +7,11 @@
   (python-pkcs11 and the modules add defaults to whatever a template leaves out);
 - :class:`SecretKey`: one secret-key object of one session, with the calls made on keys:
   AES-GCM inside the HSM, key wrap and unwrap, attribute reads, the key check value, destroy;
-- :func:`find_keys`, :func:`generate_key`, :func:`create_key`, :func:`random_bytes`: the
-  calls on a session (:class:`~hsm.pkcs11.pool.Lease` and the security officer's session
-  wrap them).
+- :data:`MAPPER`: python-pkcs11's attribute mapper plus ``CKA_ALLOWED_MECHANISMS``, for
+  every session this package opens.
+
+The calls on a session (finding, generating, creating keys, random bytes) are
+:mod:`hsm.pkcs11.calls`.
 
 Every python-pkcs11 error is translated by :mod:`hsm.pkcs11.translate`. "The module does not
 know this attribute, or won't reveal it" is a typed result, not an error: the attribute is
@@ -17,25 +19,29 @@ absent from what :meth:`SecretKey.read` returns, :meth:`SecretKey.check_value` i
 
 A key object belongs to its session and that session's module generation: never use one
 after a re-initialize (SoftHSM reuses handle numbers). No key material is ever held here,
-except the value handed to :func:`create_key` on its way into the HSM.
+except the value handed to :func:`hsm.pkcs11.calls.create_key` on its way into the HSM.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pkcs11
 from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.attributes import AttributeMapper
 from pkcs11.exceptions import PKCS11Error
 
 from hsm.errors import HSMError, InvalidInput, Reason
 from hsm.pkcs11.translate import translate_error, translated
 
 __all__ = [
+    "AES_GCM",
     "AES_KEY_WRAP",
+    "MAPPER",
     "Attr",
     "AttrValue",
     "Capability",
@@ -43,13 +49,13 @@ __all__ = [
     "KeyTemplate",
     "KeyType",
     "SecretKey",
-    "create_key",
-    "find_keys",
-    "generate_key",
-    "random_bytes",
+    "attribute_mapper",
+    "p11_flags",
+    "p11_template",
 ]
 
 AES_KEY_WRAP = int(Mechanism.AES_KEY_WRAP)  # RFC 3394, CKM_AES_KEY_WRAP (0x2109)
+AES_GCM = int(Mechanism.AES_GCM)  # CKM_AES_GCM (0x1087)
 
 _GCM = Mechanism.AES_GCM
 _GCMParams = pkcs11.GCMParams
@@ -98,6 +104,7 @@ class Attr(enum.Enum):
     ALWAYS_SENSITIVE = Attribute.ALWAYS_SENSITIVE
     MODIFIABLE = Attribute.MODIFIABLE
     WRAP_WITH_TRUSTED = Attribute.WRAP_WITH_TRUSTED
+    ALLOWED_MECHANISMS = Attribute.ALLOWED_MECHANISMS
 
 
 class Capability(enum.Flag):
@@ -114,8 +121,37 @@ class Capability(enum.Flag):
 
 #: A value read from a key: booleans, ``VALUE_LEN`` (int), ``LABEL`` (str), ``ID`` and
 #: ``CHECK_VALUE`` (bytes), ``CLASS`` and ``KEY_TYPE`` (the enums above; an int for a class
-#: or type they don't name).
-AttrValue = bool | int | str | bytes | KeyClass | KeyType
+#: or type they don't name), ``ALLOWED_MECHANISMS`` (a tuple of mechanism numbers; empty:
+#: the key sets no restriction).
+AttrValue = bool | int | str | bytes | KeyClass | KeyType | tuple[int, ...]
+
+
+# -- CKA_ALLOWED_MECHANISMS, packed by hand ----------------------------------------------------
+# python-pkcs11's attribute mapper does not know it. Its value is a plain array of
+# CK_MECHANISM_TYPE (CK_ULONG: C's unsigned long, struct's "L"), no inner pointers, so it is
+# written and read as bytes by every session this package opens (MAPPER).
+
+_ULONG = struct.Struct("L")
+
+
+def _pack_mechanisms(value: Sequence[int]) -> bytes:
+    return struct.pack(f"{len(value)}L", *(int(v) for v in value))
+
+
+def _unpack_mechanisms(raw: bytes) -> tuple[int, ...]:
+    count = len(raw) // _ULONG.size
+    return tuple(struct.unpack(f"{count}L", raw[:count * _ULONG.size]))
+
+
+def attribute_mapper() -> AttributeMapper:
+    """python-pkcs11's attribute mapper plus ``CKA_ALLOWED_MECHANISMS``."""
+    mapper = AttributeMapper()
+    mapper.register_handler(Attribute.ALLOWED_MECHANISMS, _pack_mechanisms, _unpack_mechanisms)
+    return mapper
+
+
+#: The mapper of every session this package opens (read-only once made; shared).
+MAPPER = attribute_mapper()
 
 # Each capability: its boolean attribute, and python-pkcs11's flag for it.
 _CAPABILITIES: tuple[tuple[Capability, Attribute, MechanismFlag], ...] = (
@@ -130,7 +166,8 @@ _CAPABILITIES: tuple[tuple[Capability, Attribute, MechanismFlag], ...] = (
 _ATTR_OF = {attr.value: attr for attr in Attr}
 _CLASS_OF = {kind.value: kind for kind in KeyClass}
 _TYPE_OF = {kind.value: kind for kind in KeyType}
-_GENERATE = {KeyType.AES: Mechanism.AES_KEY_GEN,
+#: The key-generation mechanism of each key type.
+GENERATE = {KeyType.AES: Mechanism.AES_KEY_GEN,
              KeyType.GENERIC_SECRET: Mechanism.GENERIC_SECRET_KEY_GEN}
 # What a module answers for an attribute it does not know or will not reveal.
 _UNREADABLE = frozenset({Reason.ATTRIBUTE_TYPE_INVALID, Reason.ATTRIBUTE_SENSITIVE})
@@ -159,6 +196,9 @@ class KeyTemplate:
     wrap_with_trusted: bool | None = None
     trusted: bool | None = None
     modifiable: bool | None = None
+    #: CKA_ALLOWED_MECHANISMS: the only mechanisms the key may be used with (None: not
+    #: written; the module allows every mechanism its capabilities allow).
+    allowed_mechanisms: tuple[int, ...] | None = None
 
 
 def p11_template(template: KeyTemplate) -> dict[Attribute, Any]:
@@ -179,14 +219,21 @@ def p11_template(template: KeyTemplate) -> dict[Attribute, Any]:
     if template.cka_id:
         out[Attribute.ID] = bytes(template.cka_id)
     for attribute, value in ((Attribute.WRAP_WITH_TRUSTED, template.wrap_with_trusted),
-                             (Attribute.TRUSTED, template.trusted),
-                             (Attribute.MODIFIABLE, template.modifiable)):
+                             (Attribute.TRUSTED, template.trusted)):
         if value is not None:
             out[attribute] = bool(value)
+    if template.allowed_mechanisms is not None:
+        out[Attribute.ALLOWED_MECHANISMS] = tuple(int(m) for m in template.allowed_mechanisms)
+    if template.modifiable is not None:
+        # Last: SoftHSM 2.6 applies a C_UnwrapKey template in order and refuses every
+        # attribute after MODIFIABLE=false (CKR_ATTRIBUTE_READ_ONLY). python-pkcs11 keeps
+        # the order (its defaults first, then ours; MODIFIABLE is not among its defaults).
+        out[Attribute.MODIFIABLE] = bool(template.modifiable)
     return out
 
 
-def _p11_flags(capabilities: Capability) -> MechanismFlag:
+def p11_flags(capabilities: Capability) -> MechanismFlag:
+    """``capabilities`` as python-pkcs11's flags (for this package's edge modules only)."""
     flags = MechanismFlag(0)
     for flag, _, p11 in _CAPABILITIES:
         if flag in capabilities:
@@ -199,6 +246,8 @@ def _typed(attribute: int, value: Any) -> AttrValue:
         return _CLASS_OF.get(value, int(value))
     if attribute == Attribute.KEY_TYPE:
         return _TYPE_OF.get(value, int(value))
+    if attribute == Attribute.ALLOWED_MECHANISMS:
+        return tuple(int(v) for v in value)
     if isinstance(value, bool | int | str | bytes):
         return value
     return bytes(value)
@@ -309,6 +358,17 @@ class SecretKey:
             block = self._obj.encrypt(bytes(16), mechanism=_ECB)
         return bytes(block[:3]).hex()
 
+    def kcv_gcm(self, *, operation: str = "key check value") -> str:
+        """A key check value that needs nothing but AES-GCM: the first 3 bytes of the AES-GCM
+        encryption of a zero block under an all-zero 96-bit IV and no AAD, computed inside the
+        HSM, in hex. That is AES_K(0^96 || 00000002)[:3]: a fixed function of the key
+        material, the same on every HSM holding it, whatever the module records in
+        CKA_CHECK_VALUE (SoftHSM leaves it empty on unwrapped keys), and computable with a key
+        whose CKA_ALLOWED_MECHANISMS is AES-GCM alone (the AES-ECB check value is not).
+        Reveals no more than the usual KCV (24 bits of one AES block)."""
+        sealed = self.encrypt_gcm(bytes(16), bytes(12), b"", operation)
+        return bytes(sealed[:3]).hex()
+
     # -- wrap, unwrap, destroy --------------------------------------------------------------
 
     def wrap(self, key: SecretKey, mechanism: int, *, operation: str = "wrap key") -> bytes:
@@ -329,7 +389,7 @@ class SecretKey:
                 ObjectClass.SECRET_KEY, template.key_type.value, bytes(wrapped),
                 id=template.cka_id or None, label=template.label or None,
                 mechanism=Mechanism(mechanism), store=template.token,
-                capabilities=_p11_flags(template.capabilities), template=attrs,
+                capabilities=p11_flags(template.capabilities), template=attrs,
             )
         return SecretKey(obj)
 
@@ -340,56 +400,3 @@ class SecretKey:
 
     def __repr__(self) -> str:
         return f"<SecretKey handle {self._obj.handle}>"
-
-
-# -- calls on a session ----------------------------------------------------------------------
-
-
-def find_keys(session: Any, label: str | None = None, *, operation: str = "find key",
-              ) -> list[SecretKey]:
-    """Every secret key of ``session``'s token (labelled ``label`` if given) the session
-    can see. An empty result may also mean a lost token: ask the token to tell them apart."""
-    query: dict[Attribute, Any] = {Attribute.CLASS: ObjectClass.SECRET_KEY}
-    if label is not None:
-        query[Attribute.LABEL] = label
-    with translated(operation):
-        return [SecretKey(obj) for obj in list(session.get_objects(query))]
-
-
-def generate_key(session: Any, template: KeyTemplate, size: int, *,
-                 operation: str = "create key") -> SecretKey:
-    """A new secret key of ``size`` bytes generated inside the HSM with exactly
-    ``template``'s attributes."""
-    attrs = p11_template(template)
-    mechanism = _GENERATE[template.key_type]
-    with translated(operation):
-        obj = session.generate_key(
-            template.key_type.value, size * 8, label=template.label or None,
-            id=template.cka_id or None, store=template.token,
-            capabilities=_p11_flags(template.capabilities), mechanism=mechanism,
-            template=attrs,
-        )
-    return SecretKey(obj)
-
-
-def create_key(session: Any, template: KeyTemplate, value: bytes | bytearray, *,
-               extra: Mapping[Attribute, Any] | None = None,
-               operation: str = "create key") -> SecretKey:
-    """A new secret key holding ``value`` (``C_CreateObject``) with exactly ``template``'s
-    attributes (and ``extra``, for the edge's own attributes such as an unwrap template).
-    python-pkcs11 copies ``value`` into memory of its own: wiping the caller's copy is all
-    this process can do."""
-    attrs = p11_template(template)
-    attrs[Attribute.CLASS] = ObjectClass.SECRET_KEY
-    attrs[Attribute.KEY_TYPE] = template.key_type.value
-    attrs[Attribute.VALUE] = bytes(value)
-    if extra:
-        attrs.update(extra)
-    with translated(operation):
-        return SecretKey(session.create_object(attrs))
-
-
-def random_bytes(session: Any, size: int, *, operation: str = "generate random") -> bytes:
-    """``size`` bytes from the token's random number generator."""
-    with translated(operation):
-        return bytes(session.generate_random(size * 8))  # python-pkcs11 takes bits

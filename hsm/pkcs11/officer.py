@@ -27,9 +27,11 @@ from pkcs11 import Attribute
 from pkcs11.attributes import AttributeMapper
 
 from hsm.errors import HSMError, HSMUnavailable, OperationFailed, PinIncorrect, Reason
+from hsm.pkcs11 import native
+from hsm.pkcs11.calls import create_key, find_keys
+from hsm.pkcs11.calls import random_bytes as _random_bytes
 from hsm.pkcs11.module import Module, TokenSelector
-from hsm.pkcs11.objects import Attr, AttrValue, KeyTemplate, SecretKey, create_key, find_keys
-from hsm.pkcs11.objects import random_bytes as _random_bytes
+from hsm.pkcs11.objects import Attr, AttrValue, KeyTemplate, SecretKey, attribute_mapper
 from hsm.pkcs11.pin import Secret
 from hsm.pkcs11.translate import translate_error, translated
 
@@ -76,7 +78,7 @@ def _refuse_to_read(_raw: bytes) -> Any:
 
 
 def _officer_mapper() -> AttributeMapper:
-    mapper = AttributeMapper()
+    mapper = attribute_mapper()
     mapper.register_handler(Attribute.UNWRAP_TEMPLATE, _pack_bool_template, _refuse_to_read)
     return mapper
 
@@ -106,24 +108,40 @@ class SecurityOfficer:
     # -- life cycle ------------------------------------------------------------------------
 
     def open(self) -> SecurityOfficer:
-        """Log in as the security officer. A wrong SO PIN raises at once, never retried."""
+        """Log in as the security officer. A wrong SO PIN raises at once, never retried; the
+        session opened for the refused login is closed."""
         if self._session is not None:
             return self
-        token = self.module.find_token(self.selector)
-        with self.module.using() as generation:
+        with self.module.using() as generation, self.module.store_lock:
+            token = self.module.find_token(self.selector, entered=True)
             try:
-                session = token.open(rw=True, so_pin=self._so_pin.reveal(),
-                                     attribute_mapper=_officer_mapper())
+                with translated("security officer session"):
+                    session = token.open(rw=True, attribute_mapper=_officer_mapper())
+            except HSMError as error:
+                raise self._login_error(error) from error
+            try:
+                native.login(self.module.path, int(session.handle), native.CKU_SO,
+                             self._so_pin.reveal())
             except p11e.PKCS11Error as exc:
+                with suppress(p11e.PKCS11Error):
+                    session.close()
                 raise self._login_error(translate_error(exc, "security officer login")) from exc
+            except BaseException:
+                with suppress(p11e.PKCS11Error):
+                    session.close()
+                raise
         self._session, self._generation = session, generation
         log.info("security officer logged in to token %s", self.name)
         return self
 
     def close(self) -> None:
-        """Log the security officer out (closing the session does)."""
+        """Log the security officer out and close the session."""
         session, self._session = self._session, None
         if session is not None and self.module.generation == self._generation:
+            with self.module.using(), suppress(p11e.PKCS11Error):
+                # The login was made by hand (hsm.pkcs11.native): python-pkcs11 would not log
+                # out when closing the session.
+                native.logout(self.module.path, int(session.handle))
             with self.module.using(), suppress(p11e.PKCS11Error):
                 session.close()
 

@@ -6,6 +6,10 @@ sessions are opened without a PIN and inherit the login. Sessions are lent throu
 ``with pool.session() as lease:`` and come back to an idle list; at most ``size`` are out at
 once.
 
+A PIN the token refused is never sent to it again by this process (:class:`_Refusals`): real
+HSMs lock the account. The login itself is one ``C_Login`` on a session the pool opened
+(:mod:`hsm.pkcs11.native`), so that a refused login closes that session instead of leaking it.
+
 After an error, the pool does what :func:`~hsm.pkcs11.translate.recovery_for` says: forget
 the lease's key objects, drop the session, or (for a lost module or token) have the module
 re-initialized and log in again before the next lease. Nothing made in an older module
@@ -20,8 +24,10 @@ they stay in one class. :class:`~hsm.pkcs11.lease.Lease` itself is in its own mo
 from __future__ import annotations
 
 import collections
+import hashlib
 import hmac
 import logging
+import os
 import queue
 import threading
 from contextlib import suppress
@@ -31,6 +37,7 @@ from typing import Any
 import pkcs11.exceptions as p11e
 
 from hsm.errors import (
+    ConfigError,
     HSMError,
     HSMUnavailable,
     OperationFailed,
@@ -38,10 +45,12 @@ from hsm.errors import (
     Reason,
     TokenNotFound,
 )
+from hsm.pkcs11 import native
 from hsm.pkcs11.lease import Lease
 from hsm.pkcs11.module import Module, TokenSelector
+from hsm.pkcs11.objects import MAPPER
 from hsm.pkcs11.pin import PinSource, Secret
-from hsm.pkcs11.translate import Recovery, recovery_for, translated
+from hsm.pkcs11.translate import Recovery, recovery_for, translate_error, translated
 
 __all__ = ["Lease", "SessionPool"]
 
@@ -50,6 +59,41 @@ log = logging.getLogger(__name__)
 # Login is per token per process: every client of one token in this process shares a pool.
 _shared_lock = threading.Lock()
 _shared: dict[tuple[int, str], SessionPool] = {}
+
+
+class _Refusals:
+    """The PINs a token refused in this process, per (module path, token serial): never
+    sent to that token again until the process restarts (real HSMs lock the account after
+    a few wrong PINs, and SoftHSM counts them too). A PIN is remembered by its source and by
+    a keyed hash (the key is random per process and never leaves it), never as itself."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key = os.urandom(32)
+        self._by_token: dict[tuple[str, str], list[tuple[PinSource, bytes, Reason]]] = {}
+
+    def _digest(self, pin: Secret) -> bytes:
+        return hmac.new(self._key, pin.reveal().encode(), hashlib.sha256).digest()
+
+    def add(self, token: tuple[str, str], source: PinSource, pin: Secret,
+            reason: Reason) -> None:
+        with self._lock:
+            self._by_token.setdefault(token, []).append((source, self._digest(pin), reason))
+
+    def find(self, token: tuple[str, str], source: PinSource, pin: Secret) -> Reason | None:
+        """The reason a refused PIN was refused, if this source or this PIN was. A ``prompt``
+        source counts only by the PIN: a person typing another PIN is a new, deliberate
+        attempt, not a retry."""
+        digest = self._digest(pin)
+        with self._lock:
+            for known, known_digest, reason in self._by_token.get(token, ()):
+                same_source = known == source and source.kind != "prompt"
+                if same_source or hmac.compare_digest(known_digest, digest):
+                    return reason
+        return None
+
+
+_refusals = _Refusals()
 
 
 class _Lending:
@@ -74,11 +118,14 @@ class SessionPool:
     """Sessions on one token of one module. Thread-safe; use as a context manager."""
 
     def __init__(self, module: Module, selector: TokenSelector, pin: PinSource, *,
-                 size: int = 8, acquire_timeout: float = 30.0) -> None:
+                 size: int = 8, acquire_timeout: float = 30.0, name: str | None = None,
+                 ) -> None:
         if size < 1:
             raise ValueError("pool size must be at least 1")
         self.module = module
         self.selector = selector
+        # Names the token in messages (a cluster passes the member's name).
+        self.name = name or str(selector)
         self.pin_source = pin
         self.size = size
         self.acquire_timeout = acquire_timeout
@@ -113,11 +160,14 @@ class SessionPool:
 
     @classmethod
     def acquire(cls, module: Module, selector: TokenSelector, pin: PinSource, *,
-                size: int = 8) -> SessionPool:
+                size: int = 8, name: str | None = None) -> SessionPool:
         """The process's open pool for this token, shared and counted; :meth:`release` it.
 
         A second caller must know the same PIN: it is compared here, in constant time,
-        without a second login (the HSM allows one login per token per process).
+        without a second login (the HSM allows one login per token per process). A PIN
+        the token refused once is never sent to it again in this process
+        (:class:`PinIncorrect` at once, see :meth:`open`). ``name`` names the token in
+        messages (the member's name; the selector by default).
         """
         token = module.find_token(selector)
         ident = (id(module), SessionPool._serial_of(token))
@@ -135,7 +185,7 @@ class SessionPool:
                     )
                 pool._refs += 1
                 return pool
-            pool = cls(module, selector, pin, size=size).open()
+            pool = cls(module, selector, pin, size=size, name=name).open()
             pool._refs = 1
             pool._ident = ident
             _shared[ident] = pool
@@ -159,7 +209,11 @@ class SessionPool:
     # -- life cycle ------------------------------------------------------------------------
 
     def open(self) -> SessionPool:
-        """Read the PIN, find the token, log in. A wrong PIN raises at once, never retried."""
+        """Read the PIN, find the token, check ``size`` against the module's session limit
+        (:class:`ConfigError`), log in. A wrong PIN raises :class:`PinIncorrect` at once and
+        is never sent to this token again by any pool of this process: later logins with
+        the same PIN source, or the same PIN, raise :class:`PinIncorrect` without calling
+        the HSM, until the process restarts."""
         if self._pin is None:
             self._pin = self.pin_source.read()
         self._ensure_login()
@@ -180,6 +234,10 @@ class SessionPool:
             if lease.generation == generation:
                 self._close_quietly(lease.session)
         if login is not None and login_generation == generation:
+            # Our login was made on this session by hand (hsm.pkcs11.native): python-pkcs11
+            # would not log out when closing it, so log out first (for the whole token).
+            with suppress(p11e.PKCS11Error):
+                native.logout(self.module.path, int(login.handle))
             self._close_quietly(login)
         self._pin = None
 
@@ -222,9 +280,11 @@ class SessionPool:
                 return
             if self._pin is None:
                 raise OperationFailed("session pool is not open", reason=Reason.NOT_OPEN)
-            with self.module.using() as generation:
+            with self.module.using() as generation, self.module.store_lock:
+                # The store lock spans finding the token and logging in: SoftHSM rewrites
+                # the token's record at every login (hsm.pkcs11.storelock).
                 try:
-                    token = self.module.find_token(self.selector)
+                    token = self.module.find_token(self.selector, entered=True)
                 except HSMUnavailable:
                     self._broken_generation = generation
                     self._fast_generation = -1
@@ -236,16 +296,32 @@ class SessionPool:
                     self._broken_generation = generation
                     self._fast_generation = -1
                     raise HSMUnavailable(str(exc), reason=Reason.TOKEN_LOST) from None
+                ident = (self.module.path, self._serial_of(token))
+                refused = _refusals.find(ident, self.pin_source, self._pin)
+                if refused is not None:
+                    raise PinIncorrect(
+                        f"token {self.name} ({self.selector} of {self.module.path}): the HSM "
+                        f"refused the PIN from {self.pin_source} earlier in this process "
+                        f"({refused}); it is not sent again (real HSMs lock the account): "
+                        "correct the PIN, then restart the process", reason=refused)
+                if self._token is None:
+                    self._check_size(token)
                 try:
-                    with translated("login"):
-                        login = token.open(rw=True, user_pin=self._pin.reveal())
+                    login = self._log_in(token)
+                except PinIncorrect as exc:
+                    _refusals.add(ident, self.pin_source, self._pin, exc.reason)
+                    raise PinIncorrect(
+                        f"token {self.name} ({self.selector} of {self.module.path}): the HSM "
+                        f"refused the PIN from {self.pin_source} ({exc.reason}); it is not "
+                        "sent again in this process (real HSMs lock the account): correct "
+                        "the PIN, then restart the process", reason=exc.reason) from None
                 except HSMError as exc:
                     if exc.transient:
                         self._broken_generation = generation
                         self._fast_generation = -1
                     if exc.reason is Reason.USER_ALREADY_LOGGED_IN:
                         raise OperationFailed(
-                            f"token {self.selector} is already logged in by other code in this "
+                            f"token {self.name} is already logged in by other code in this "
                             "process; let hsm own the login", reason=Reason.ALREADY_LOGGED_IN,
                         ) from None
                     raise
@@ -256,6 +332,38 @@ class SessionPool:
                 self._fast_generation = generation if self.module.call_lock is None else -1
             log.info("logged in to token %s of %s (generation %d)",
                      self.selector, self.module.path, generation)
+
+    def _log_in(self, token: Any) -> Any:
+        """Open the login session and log in on it; a refused login closes that session
+        (python-pkcs11's ``Token.open(user_pin=...)`` would leak it). Inside the module."""
+        assert self._pin is not None
+        with translated("open login session"):
+            session = token.open(rw=True, attribute_mapper=MAPPER)
+        try:
+            native.login(self.module.path, int(session.handle), native.CKU_USER,
+                         self._pin.reveal())
+        except p11e.PKCS11Error as exc:
+            self._close_quietly(session)
+            raise translate_error(exc, "login") from exc
+        except BaseException:
+            self._close_quietly(session)
+            raise
+        return session
+
+    def _check_size(self, token: Any) -> None:
+        """The pool needs ``size`` worker sessions and the login session, all read-write:
+        refuse a size the module's limit for one application can't give (when it has one)."""
+        limits = self.module.session_limits(token, entered=True)
+        need = self.size + 1
+        for limit, what in ((limits.max_rw_sessions, "read-write sessions"),
+                            (limits.max_sessions, "sessions")):
+            if limit is not None and need > limit:
+                fits = (f"set pool_size to at most {limit - 1}" if limit > 1
+                        else "the pool needs at least 2")
+                raise ConfigError(
+                    f"pool_size = {self.size} for token {self.name}: its module "
+                    f"({self.module.path}) allows one process at most {limit} {what} on it, "
+                    f"and the pool uses pool_size + 1 (the login session); {fits}")
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -306,7 +414,8 @@ class SessionPool:
             # An older generation's session is dropped untouched (its handle may be reused).
             try:
                 with translated("open session"):
-                    lease = Lease(self._token.open(rw=True), generation, self._keys_epoch)
+                    lease = Lease(self._token.open(rw=True, attribute_mapper=MAPPER),
+                                  generation, self._keys_epoch)
             except BaseException:
                 self._release(None, entered)
                 raise
@@ -417,7 +526,7 @@ class SessionPool:
         A search that finds nothing can mean "no such key" or "the token is lost" (SoftHSM
         answers both with an empty result); this tells them apart.
         """
-        with translated("token info"):
+        with self.module.store_lock, translated("token info"):
             lease.session.token.slot.get_token()
 
     def drop_keys(self) -> None:

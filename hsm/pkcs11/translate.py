@@ -98,6 +98,7 @@ _ROWS: tuple[tuple[type[Exception], type[HSMError], Reason, Recovery], ...] = (
 _RECOVERY_BY_REASON = {reason: recovery for _, _, reason, recovery in _ROWS}
 _RECOVERY_BY_REASON[Reason.NOT_INITIALIZED] = Recovery.MODULE
 _RECOVERY_BY_REASON[Reason.GENERAL_ERROR] = Recovery.MODULE
+_RECOVERY_BY_REASON[Reason.MODULE_INIT_FAILED] = Recovery.MODULE
 
 
 def recovery_for(error: HSMError) -> Recovery:

@@ -8,6 +8,13 @@ while a schedule injects faults (``3s:hsm-b=device-error,8s:hsm-b=heal,...``). A
 schedule every member is healed and re-admitted, and every data key generated during the
 drill is unwrapped on every member, one by one, and compared byte for byte.
 
+A fault is applied only while another member serves (healthy, no fault of the schedule on
+it) and its own member, if healed, is back: a member healed a moment ago may still be
+coming back (a lost token is re-initialized by the member's probe, seconds later), so the
+fault waits and the report says how long (``postponed_ms``), or that the moment never came
+(``skipped``). Schedules that fault every
+member at once are refused before any traffic (:func:`check_schedule`).
+
 Fault kinds and schedules: :mod:`hsm.testing.drill_schedule`; the report and its plot:
 :mod:`hsm.testing.drill_report` (both re-exported here).
 """
@@ -26,14 +33,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hsm.client import Client
-from hsm.cluster import CallRecord, HSMMember, Outcome, State
+from hsm.cluster import CallRecord, HSMMember, Operation, Outcome, State
 from hsm.cluster.ceremony import init_cluster
 from hsm.config import load_config
 from hsm.errors import HSMError, InvalidInput
 from hsm.testing.drill_report import DrillReport, plot
 from hsm.testing.drill_schedule import (
     ERROR_FAULTS,
+    MOMENTARY,
     DrillEvent,
+    check_schedule,
     default_schedule,
     parse_schedule,
 )
@@ -41,10 +50,13 @@ from hsm.testing.faults import FaultInjector, finalize_under
 from hsm.testing.harness import harness_down, harness_up, load_harness
 from hsm.testing.layout import Harness
 
-__all__ = ["DrillEvent", "DrillReport", "default_schedule", "parse_schedule", "plot",
-           "run_drill"]
+__all__ = ["DrillEvent", "DrillReport", "check_schedule", "default_schedule",
+           "parse_schedule", "plot", "run_drill"]
 
 WINDOW = 2.0  # seconds after a fault whose latency the report shows apart
+READMIT_TIMEOUT = 60.0  # seconds the final check waits for every member to be back
+SETTLE_TIMEOUT = 10.0  # seconds the final check waits for a member to answer after a fault
+_MAX_ERRORS = 100  # error messages kept (the count of failures is in `failed`)
 
 
 @dataclass
@@ -86,6 +98,8 @@ def run_drill(*, config: str | os.PathLike[str] | None = None, members: int = 3,
         names = [m.name for m in harness.members]
         events = (parse_schedule(schedule, names) if schedule
                   else default_schedule(names, duration))
+        check_schedule(events, names)
+        _check_faults_available(harness, events)
         cfg = load_config(harness.config_path)
         # Balanced by default, so that every member carries traffic when its fault comes;
         # a short deadline, so that a hang in a drill of seconds outlives it.
@@ -104,6 +118,16 @@ def run_drill(*, config: str | os.PathLike[str] | None = None, members: int = 3,
         return report
 
 
+def _check_faults_available(harness: Harness, events: list[DrillEvent]) -> None:
+    """Refuse, before any traffic, a shim fault on a member that loads SoftHSM directly."""
+    for event in events:
+        if (event.action in ERROR_FAULTS or event.action == "hang") \
+                and not harness.member(event.member).faults:
+            raise InvalidInput(
+                f"schedule item {event}: {event.member} has no fault-injection shim (harness "
+                f"built without it); only lose-token, finalize and heal work there")
+
+
 def _fast_recovery(member: HSMMember) -> None:
     """Drills heal in seconds: let a member's module re-initialize as soon as it is asked
     (the default allows one re-initialize per 5 s)."""
@@ -120,10 +144,16 @@ def _run(client: Client, injector: FaultInjector, events: list[DrillEvent],
     lock = threading.Lock()
     start = time.monotonic()
     stop = start + duration
+    stopping = threading.Event()  # set early if the schedule itself fails
+
+    def failed(message: str) -> None:
+        with lock:
+            if len(report.errors) < _MAX_ERRORS:
+                report.errors.append(message)
 
     def worker(n: int) -> None:
         rng = random.Random(seed * 1000 + n)  # noqa: S311 - chooses operations, not keys
-        while time.monotonic() < stop:
+        while not stopping.is_set() and time.monotonic() < stop:
             key = rng.choice(keys)
             ctx = {"drill": str(n)}
             t0 = time.monotonic()
@@ -152,32 +182,67 @@ def _run(client: Client, injector: FaultInjector, events: list[DrillEvent],
                             report.mismatched += 1
             except HSMError as exc:
                 ok = False
-                with lock:
-                    report.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                failed(f"{name}: {type(exc).__name__}: {exc}")
             t1 = time.monotonic()
             with lock:
                 records.append(_Record(t0 - start, (t1 - t0) * 1000, ok, name))
 
     workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
-    for t in workers:
-        t.start()
     applied: list[tuple[DrillEvent, float]] = []
-    for event in events:
-        delay = start + event.at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        if time.monotonic() >= stop:
-            break
-        applied.append((event, time.monotonic() - start))
-        _apply(client, injector, event)
-    for t in workers:
-        t.join()
+    try:
+        for t in workers:
+            t.start()
+        _follow(client, injector, events, report, applied, start, stop)
+    finally:
+        stopping.set()  # whatever happened: no worker outlives this block
+        for t in workers:
+            t.join()
     healed_at = time.monotonic()
     for name in report.members:
         _apply(client, injector, DrillEvent(0, name, "heal"))
     _wait_readmitted(client, report, applied, start, healed_at)
     _summarize(report, records, calls, applied, start, client)
     _check_everything(client, report, generated)
+
+
+def _follow(client: Client, injector: FaultInjector, events: list[DrillEvent],
+            report: DrillReport, applied: list[tuple[DrillEvent, float]], start: float,
+            stop: float) -> None:
+    """Apply the schedule until ``stop``; a fault waits until another member serves."""
+    faulted: set[str] = set()
+    for event in events:
+        delay = start + event.at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if time.monotonic() >= stop:
+            break
+        if event.action != "heal" and not _ready_for(client, event.member, faulted, stop):
+            report.skipped.append(f"{event}: {event.member} or another member was not back "
+                                  "before the end")
+            continue
+        applied.append((event, time.monotonic() - start))
+        _apply(client, injector, event)
+        if event.action == "heal":
+            faulted.discard(event.member)
+        elif event.action not in MOMENTARY:
+            faulted.add(event.member)
+
+
+def _ready_for(client: Client, member: str, faulted: set[str], until: float) -> bool:
+    """Wait until a fault on ``member`` can come: another member with no fault on it is
+    healthy, and ``member`` itself, if healed, is back (not down or suspect: a fault on a
+    member still being probed back tests nothing the schedule says). False if ``until``
+    came first."""
+    cluster = client.cluster
+    others = [m.name for m in client.members if m.name != member and m.name not in faulted]
+    while True:
+        itself = member in faulted or cluster.state_of(member) not in (State.DOWN,
+                                                                       State.SUSPECT)
+        if itself and any(cluster.state_of(name) is State.HEALTHY for name in others):
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.02)
 
 
 def _apply(client: Client, injector: FaultInjector, event: DrillEvent) -> None:
@@ -197,16 +262,18 @@ def _apply(client: Client, injector: FaultInjector, event: DrillEvent) -> None:
 
 def _wait_readmitted(client: Client, report: DrillReport,
                      applied: list[tuple[DrillEvent, float]], start: float,
-                     healed_at: float, timeout: float = 60.0) -> None:
+                     healed_at: float) -> None:
     cluster = client.cluster
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + READMIT_TIMEOUT
     while time.monotonic() < deadline:
-        if all(cluster.state_of(n) is State.HEALTHY for n in report.members):
+        # Waiting only for members on their way back: any other state (a member disabled
+        # by a refused PIN...) does not change by itself.
+        if not any(cluster.state_of(n) in (State.DOWN, State.SUSPECT) for n in report.members):
             break
         time.sleep(0.05)
     heals: dict[str, list[float]] = {}
     for event, at in applied:
-        if event.action == "heal":
+        if event.action == "heal" or event.action in MOMENTARY:  # no heal needed: from then
             heals.setdefault(event.member, []).append(start + at)
     for name in report.members:
         heals.setdefault(name, []).append(healed_at)
@@ -238,6 +305,7 @@ def _summarize(report: DrillReport, records: list[_Record], calls: list[CallReco
     for i, (event, at) in enumerate(applied):
         if event.action == "heal":
             continue
+        postponed = max(0.0, at - event.at)
         end = min(at + WINDOW, times[i + 1])  # up to the next event: windows don't overlap
         # Calls running at the fault or started before the next event (or WINDOW s).
         window = [r.ms for r in records if r.at + r.ms / 1000 >= at and r.at < end]
@@ -251,36 +319,78 @@ def _summarize(report: DrillReport, records: list[_Record], calls: list[CallReco
             "p99_ms": round(_percentile(window, 0.99), 3) if window else None,
             "max_ms": round(max(window), 3) if window else None,
             "first_success_elsewhere_ms": round((served[0] - at) * 1000, 3) if served else None,
+            "postponed_ms": round(postponed * 1000, 1) if postponed >= 0.05 else 0.0,
         })
 
 
-def _reachable(member: HSMMember, tries: int = 20) -> bool:
-    """Ping until it answers: the first call after a fault may only trigger recovery."""
-    for _ in range(tries):
-        try:
+def _settle(client: Client, member: HSMMember,
+            sample: tuple[bytes, bytes, dict[str, str]] | None) -> bool:
+    """Until ``member`` unwraps ``sample`` (a data key of the drill; without one: answers a
+    ping), for SETTLE_TIMEOUT s at most. Through the cluster, so that a failure takes the
+    member out of service and its probe repairs it: the first calls after a fault may only
+    start its recovery, and a member may answer pings before its keys (a token restored)."""
+    end = time.monotonic() + SETTLE_TIMEOUT
+
+    def answer() -> object:
+        if sample is None:
             member.ping()
+            return None
+        blob, _, ctx = sample
+        return client.cluster.call_on(member, Operation.UNWRAP,
+                                      lambda ring: ring.unwrap(blob, ctx))
+
+    while True:
+        try:
+            answer()
             return True
         except HSMError:
+            if time.monotonic() >= end:
+                return False
             time.sleep(0.1)
-    return False
 
 
 def _check_everything(client: Client, report: DrillReport,
                       generated: list[tuple[bytes, bytes, dict[str, str]]]) -> None:
-    """Every data key of the drill, unwrapped on every member, gives the same bytes."""
+    """Every data key of the drill, unwrapped on every member, gives the same bytes; every
+    key has one KCV on every member. A member that is not back (not re-admitted, or not
+    answering) is reported as such, apart from members whose keys disagree."""
     for member in client.members:
-        if not _reachable(member):
+        state = client.cluster.state_of(member.name)
+        if state in (State.DOWN, State.SUSPECT):
+            report.not_back[member.name] = (f"{state.value}: not re-admitted "
+                                            f"{READMIT_TIMEOUT:g} s after the last heal")
+        elif state is not State.HEALTHY:
+            report.not_back[member.name] = state.value
+        if not _settle(client, member, generated[0] if generated else None):
+            report.not_back.setdefault(member.name, "unreachable")
             report.errors.append(f"final check: {member.name} unreachable")
             report.unverified += len(generated)
             continue
+        recoveries = 0
         for blob, plaintext, ctx in generated:
-            try:
-                got = member.keyring.unwrap(blob, ctx)
-            except HSMError as exc:
-                report.unverified += 1
-                report.errors.append(f"final check on {member.name}: {exc}")
-                continue
-            if bytes(got) != plaintext:
-                report.mismatched += 1
+            for _ in range(2):  # once more after a recovery
+                try:
+                    got = member.keyring.unwrap(blob, ctx)
+                except HSMError as exc:
+                    if exc.transient and recoveries < 3 and _settle(client, member,
+                                                                    (blob, plaintext, ctx)):
+                        recoveries += 1
+                        continue
+                    report.unverified += 1
+                    if len(report.errors) < _MAX_ERRORS:
+                        report.errors.append(f"final check on {member.name}: {exc}")
+                    break
+                if bytes(got) != plaintext:
+                    report.mismatched += 1
+                break
     report.data_keys_checked = len(generated)
-    report.kcv_agreement = client.verify().ok
+    verified = client.verify()
+    report.kcv_agreement = verified.ok
+    for found in verified.members:
+        if not found.reachable:
+            report.not_back.setdefault(found.name, "unreachable")
+        elif found.missing or found.mismatched:
+            report.kcv_disagree[found.name] = ", ".join(
+                part for part in (f"{len(found.missing)} missing" if found.missing else "",
+                                  f"{len(found.mismatched)} with another KCV"
+                                  if found.mismatched else "") if part)

@@ -3,15 +3,22 @@
 Fault kinds: ``device-error``, ``device-removed``, ``token-not-present``,
 ``session-handle-invalid``, ``function-failed``, ``hang``, ``lose-token``, ``finalize``
 (the module finalized under the client), ``heal``. :mod:`hsm.testing.drill` applies them.
+
+A drill needs a member serving at every moment (it proves that failover loses nothing, and
+with every member broken every call fails): :func:`check_schedule` refuses a schedule that
+faults every member at once, and the default schedule never does. A fault lasts until its
+member's ``heal``, except ``finalize``, which the client repairs by itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 
 from hsm.errors import InvalidInput
 
-__all__ = ["ACTIONS", "ERROR_FAULTS", "DrillEvent", "default_schedule", "parse_schedule"]
+__all__ = ["ACTIONS", "ERROR_FAULTS", "MOMENTARY", "DrillEvent", "check_schedule",
+           "default_schedule", "parse_schedule"]
 
 ERROR_FAULTS = {
     "device-error": "DEVICE_ERROR",
@@ -21,6 +28,10 @@ ERROR_FAULTS = {
     "function-failed": "FUNCTION_FAILED",
 }
 ACTIONS = (*ERROR_FAULTS, "hang", "lose-token", "finalize", "heal")
+#: Faults that need no heal: the client recovers from them by itself.
+MOMENTARY = frozenset({"finalize"})
+_TWO_MEMBERS = ("a drill needs at least 2 members: it faults members while another one "
+                "serves (with one member every fault fails every call)")
 
 
 @dataclass(frozen=True)
@@ -56,16 +67,36 @@ def parse_schedule(spec: str, members: list[str]) -> list[DrillEvent]:
     return sorted(events, key=lambda e: e.at)
 
 
+def check_schedule(events: list[DrillEvent], members: list[str]) -> None:
+    """InvalidInput if ``events`` (in time order) leave no member without a fault at some
+    moment, or there are fewer than 2 members."""
+    if len(members) < 2:
+        raise InvalidInput(_TWO_MEMBERS)
+    faulted: set[str] = set()
+    for at, group in groupby(events, key=lambda e: e.at):
+        for event in group:
+            if event.action == "heal":
+                faulted.discard(event.member)
+            elif event.action not in MOMENTARY:
+                faulted.add(event.member)
+        if faulted >= set(members):
+            raise InvalidInput(
+                f"the schedule leaves no member serving at {at:g}s ({', '.join(sorted(faulted))} "
+                f"all faulted): heal one before faulting the last")
+
+
 def default_schedule(members: list[str], duration: float) -> list[DrillEvent]:
-    """Every fault kind, each healed, the primary lost last; spread over ``duration``."""
-    first = members[0]
-    others = members[1:] or members
-    plan = [(first if len(members) == 1 else others[0], "device-error"),
+    """Every fault kind, each healed before the next, spread over ``duration``: members
+    other than the primary first, the primary's token lost last. Needs 2 members."""
+    if len(members) < 2:
+        raise InvalidInput(_TWO_MEMBERS)
+    first, others = members[0], members[1:]
+    plan = [(others[0], "device-error"),
             (others[-1], "hang"),
             (others[0], "session-handle-invalid"),
             (others[-1], "function-failed"),
-            (first, "lose-token"),
-            (others[0], "finalize")]
+            (others[0], "finalize"),
+            (first, "lose-token")]
     step = duration / (len(plan) * 2 + 1)
     events = []
     for i, (member, action) in enumerate(plan):

@@ -65,6 +65,7 @@ class FakeMember:
         self.keys: dict[tuple[str, int], bytes] = {}
         self.calls: Counter[str] = Counter()
         self.corrupt = False
+        self.weak: set[tuple[str, int]] = set()  # key versions weak_keys() reports
         self.opened = False
         self._error: HSMError | None = None
         self._fail_next = 0
@@ -260,6 +261,12 @@ class FakeKeyring:
         elif expected_kcv is not None and _kcv(existing) != expected_kcv:
             raise OperationFailed("a different key is already there", reason=Reason.KCV_MISMATCH)
         return KeyInfo(key_id, version, _kcv(self.keys[(key_id, version)]))
+
+    def weak_keys(self) -> list[tuple[KeyInfo, list[str]]]:
+        """Fake keys have no attributes to be weak in, except those a test names."""
+        self._enter("weak_keys")
+        return [(KeyInfo(k, v, _kcv(self.keys[(k, v)])), ["WEAK (set by the test)"])
+                for k, v in sorted(self.member.weak) if (k, v) in self.keys]
 
     def describe(self) -> dict[str, Any]:
         self._enter("describe")

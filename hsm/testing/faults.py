@@ -15,9 +15,11 @@ the member's token directory away, :meth:`FaultInjector.heal` puts it back, and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from hsm.testing.control import (
 )
 from hsm.testing.harness import load_harness
 from hsm.testing.layout import CONTROL_FILE, MANIFEST, Harness, HarnessError, HarnessMember
+from hsm.testing.shim import sidecar
 
 if TYPE_CHECKING:
     from hsm.pkcs11 import Module
@@ -112,7 +115,7 @@ class FaultInjector:
         if not found.faults:
             raise HarnessError(
                 f"member {found.name} loads SoftHSM directly (harness built without fault "
-                f"injection: no C compiler or pkcs11.h then, or faults=False); only "
+                f"injection: --no-faults, or no C compiler or pkcs11.h then); only "
                 f"lose-token and heal work on it"
             )
         return found
@@ -174,6 +177,61 @@ class FaultInjector:
         except FileNotFoundError:
             return False
         return True  # seen at once: the shim reads a control file it found on every call
+
+    # -- counting calls -----------------------------------------------------------------
+
+    def count_calls(self, member: str | HarnessMember,
+                    calls: str | Iterable[str] = "*") -> None:
+        """From now on, count ``member``'s calls of these PKCS#11 functions (``"C_Login"``,
+        ``["C_Login", "C_Logout"]``, ``"*"`` for every one), in every process using the
+        harness, until :meth:`stop_counting`. Starts from zero, also when already counting.
+
+        Calls are counted as they reach the shim, before any fault applies to them.
+        """
+        names = parse_calls(calls)
+        assert names is not None  # parse_calls gives None only for None
+        target = self._counting(member)
+        target.count_control.unlink(missing_ok=True)
+        time.sleep(SETTLE_S)  # calls that were appending have done so
+        target.count_log.unlink(missing_ok=True)
+        write_atomic(target.count_control, "# hsm.testing call counting: delete it to stop\n"
+                     f"calls={','.join(names)}\n")
+        time.sleep(SETTLE_S)  # the shim looks for an absent count file again within 1 ms
+        log.info("counting calls of %s on %s", ",".join(names), target.name)
+
+    def calls(self, member: str | HarnessMember) -> Counter[str]:
+        """How many times each counted function of ``member`` was called since
+        :meth:`count_calls` (a ``Counter``: functions never called are 0)."""
+        target = self._member(member)
+        try:
+            text = target.count_log.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return Counter()
+        return Counter(line for line in text.splitlines() if line)
+
+    def stop_counting(self, member: str | HarnessMember) -> Counter[str]:
+        """Stop counting ``member``'s calls; the counts up to now (then forgotten)."""
+        target = self._member(member)
+        target.count_control.unlink(missing_ok=True)
+        time.sleep(SETTLE_S)
+        counts = self.calls(target)
+        with contextlib.suppress(FileNotFoundError):
+            target.count_log.unlink()
+        return counts
+
+    def _counting(self, member: str | HarnessMember) -> HarnessMember:
+        target = self._shimmed(member)
+        try:
+            conf = sidecar(target.module).read_text(encoding="utf-8")
+        except OSError:
+            conf = ""
+        if not any(line.startswith("count=") for line in conf.splitlines()):
+            raise HarnessError(
+                f"member {target.name}'s shim counts no calls (the harness was built by an "
+                f"older hsm); rebuild it: hsm harness down --dir {self.harness.directory}, "
+                f"then hsm harness up"
+            )
+        return target
 
     # -- token faults -------------------------------------------------------------------
 

@@ -3,9 +3,9 @@ instances in a directory, with the ``hsm.toml`` that names them and the manifest
 the directory a harness.
 
 What the directory holds is described in :mod:`hsm.testing.layout`. Every member uses the
-same user PIN; PINs never appear in messages, reprs or logs. Tokens are initialized through
-:mod:`hsm.testing.softhsm`, the fault-injection shim is built by :mod:`hsm.testing.shim`, and
-faults are injected with :class:`hsm.testing.faults.FaultInjector`.
+same user PIN; PINs never appear in messages, reprs, logs or command lines. Tokens are
+initialized through :mod:`hsm.testing.softhsm`, the fault-injection shim is built by
+:mod:`hsm.testing.shim`, and faults are injected with :class:`hsm.testing.faults.FaultInjector`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -39,10 +40,10 @@ from hsm.testing.layout import (
 from hsm.testing.shim import compiled_shim, install_shim, sidecar
 from hsm.testing.softhsm import (
     INSTALL_HINT,
+    TokenSpec,
     check_path,
     find_softhsm_module,
-    find_util,
-    init_token,
+    init_tokens,
     write_conf,
 )
 
@@ -85,7 +86,6 @@ def harness_up(
     existing = _existing(target, member_names, names is not None, faults)
     if existing is not None:
         return existing
-    util = find_util()
     source = module if module is not None else find_softhsm_module()
     if not Path(source).is_file():
         raise HarnessError(f"SoftHSM module {source} is not a file; {INSTALL_HINT}")
@@ -100,7 +100,7 @@ def harness_up(
     try:
         check_path(build)
         shim = _shim(faults, build)
-        harness = _build(build, target, member_names, Path(source), util, shim)
+        harness = _build(build, target, member_names, Path(source), shim)
         try:
             os.rename(build, target)
         except OSError as exc:
@@ -142,7 +142,7 @@ def load_harness(directory: str | os.PathLike[str]) -> Harness:
     if recorded != str(target):
         raise HarnessError(
             f"harness {target} was built at {recorded}; its config names absolute paths, "
-            f"so run harness_down and harness_up again"
+            f"so remove it ({_down(target)}) and build it again"
         )
     raw_members = manifest.get("members")
     if not isinstance(raw_members, list) or not raw_members:
@@ -160,6 +160,11 @@ def load_harness(directory: str | os.PathLike[str]) -> Harness:
             raise HarnessError(f"harness manifest {target / MANIFEST} is malformed")
         members.append(member_at(target, raw["name"], raw["serial"], faults))
     return harness_at(target, members)
+
+
+def _down(target: Path) -> str:
+    """The command that removes the harness in ``target`` (what messages tell people to run)."""
+    return f"hsm harness down --dir {shlex.quote(str(target))}"
 
 
 # -- checking the request ------------------------------------------------------------------
@@ -216,18 +221,19 @@ def _existing(target: Path, names: list[str], names_given: bool,
     if len(have) != len(names) or (names_given and have != names):
         raise HarnessError(
             f"{target} already holds a harness with {len(have)} member(s) ({', '.join(have)}); "
-            f"run harness_down on it first"
+            f"remove it first: {_down(target)}"
         )
     if faults is not None and harness.faults != faults:
         have_faults = "with" if harness.faults else "without"
         raise HarnessError(
             f"{target} already holds a harness {have_faults} fault injection; "
-            f"run harness_down on it first"
+            f"remove it first: {_down(target)}"
         )
     missing = [p for p in _expected_paths(harness) if not p.exists()]
     if missing:
         raise HarnessError(
-            f"harness {target} is damaged ({missing[0]} is missing); run harness_down on it first"
+            f"harness {target} is damaged ({missing[0]} is missing); remove it first: "
+            f"{_down(target)}"
         )
     return harness
 
@@ -281,7 +287,7 @@ def _shim(faults: bool | None, work: Path) -> Path | None:
         return None
 
 
-def _build(build: Path, target: Path, names: list[str], source: Path, util: str,
+def _build(build: Path, target: Path, names: list[str], source: Path,
            shim: Path | None) -> Harness:
     """Fill ``build`` with a harness whose files name their final home, ``target``."""
     os.chmod(build, 0o700)
@@ -290,22 +296,23 @@ def _build(build: Path, target: Path, names: list[str], source: Path, util: str,
     _write_private(build / PIN_FILE, pin)
     _write_private(build / SO_PIN_FILE, so_pin)
     (build / MEMBERS_DIR).mkdir(mode=0o700)
+    building = [member_at(build, name, "", shim is not None) for name in names]  # as built
+    for member in building:
+        member.directory.mkdir(mode=0o700)
+        member.token_dir.mkdir(mode=0o700)
+        shutil.copyfile(source, member.softhsm_module)
+        os.chmod(member.softhsm_module, 0o700)
+        # Initialized through a config naming the build location, then pointed at the target.
+        write_conf(member.conf, member.token_dir)
+    serials = init_tokens([TokenSpec(m.softhsm_module, m.conf, m.name) for m in building],
+                          pin=pin, so_pin=so_pin)
     members: list[HarnessMember] = []
-    for name in names:
-        building = member_at(build, name, "", shim is not None)  # its files, where built
-        building.directory.mkdir(mode=0o700)
-        building.token_dir.mkdir(mode=0o700)
-        shutil.copyfile(source, building.softhsm_module)
-        os.chmod(building.softhsm_module, 0o700)
-        # Initialize through a config naming the build location, then point it at the target.
-        write_conf(building.conf, building.token_dir)
-        serial = init_token(util, building.softhsm_module, building.conf, name, pin=pin,
-                            so_pin=so_pin)
-        final = member_at(target, name, serial, shim is not None)
-        write_conf(building.conf, final.token_dir)
+    for member, serial in zip(building, serials, strict=True):
+        final = member_at(target, member.name, serial, shim is not None)
+        write_conf(member.conf, final.token_dir)
         if shim is not None:
-            install_shim(shim, building.module, real_module=final.softhsm_module,
-                         control=final.fault_control)
+            install_shim(shim, member.module, real_module=final.softhsm_module,
+                         control=final.fault_control, count=final.count_control)
         members.append(final)
     harness = harness_at(target, members)
     (build / CONFIG).write_text(config_toml(harness), encoding="utf-8")
@@ -350,6 +357,6 @@ def _read_manifest(target: Path) -> dict[str, Any]:
     if data.get("version") != _FORMAT_VERSION:
         raise HarnessError(
             f"harness {target} has manifest version {data.get('version')!r}; this hsm "
-            f"reads version {_FORMAT_VERSION}: run harness_down and harness_up again"
+            f"reads version {_FORMAT_VERSION}: remove it ({_down(target)}) and build it again"
         )
     return data

@@ -16,6 +16,8 @@ A harness directory ``DIR`` (mode 0700) holds::
                                       pkcs11.h exist): its own copy of the fault-injection
                                       shim, forwarding to the SoftHSM copy; hsm.toml names it
     DIR/members/<name>/fault          the shim's control file, present while a fault is set
+    DIR/members/<name>/count (+ .log) the shim's call counting, present while calls are
+                                      counted (FaultInjector.count_calls)
 
 Building and removing harnesses is :mod:`hsm.testing.harness`; SoftHSM itself,
 :mod:`hsm.testing.softhsm`; the shim, :mod:`hsm.testing.shim`; faults,
@@ -33,6 +35,7 @@ from hsm.errors import HSMError, Reason
 __all__ = [
     "CONFIG",
     "CONTROL_FILE",
+    "COUNT_FILE",
     "MANIFEST",
     "MEMBERS_DIR",
     "PIN_FILE",
@@ -52,6 +55,8 @@ SO_PIN_FILE = "so-pin"
 MEMBERS_DIR = "members"
 #: The fault-injection shim's control file in each member directory.
 CONTROL_FILE = "fault"
+#: Which calls the shim counts (present while counting); the counts go to ``count.log``.
+COUNT_FILE = "count"
 
 
 class HarnessError(HSMError):
@@ -93,6 +98,16 @@ class HarnessMember:
     def fault_control(self) -> Path:
         """The shim's control file (see :mod:`hsm.testing.faults`)."""
         return self.directory / CONTROL_FILE
+
+    @property
+    def count_control(self) -> Path:
+        """Which calls the shim counts, while it exists (see :mod:`hsm.testing.faults`)."""
+        return self.directory / COUNT_FILE
+
+    @property
+    def count_log(self) -> Path:
+        """One line per counted call, the function's name (written by the shim)."""
+        return self.directory / (COUNT_FILE + ".log")
 
     @property
     def env(self) -> dict[str, str]:

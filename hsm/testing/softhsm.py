@@ -1,16 +1,19 @@
-"""SoftHSM2 itself: finding its module and ``softhsm2-util``, its config file, initializing a
-token.
+"""SoftHSM2 itself: finding its module, its config file, initializing tokens.
 
-This module never loads a PKCS#11 module in-process (that belongs to :mod:`hsm.pkcs11`); it
-drives ``softhsm2-util`` in subprocesses whose environment alone carries ``SOFTHSM2_CONF``.
-PINs never appear in messages, reprs or logs: ``softhsm2-util``'s output is scrubbed of them.
+This module never loads a PKCS#11 module in-process (that belongs to :mod:`hsm.pkcs11`):
+tokens are initialized through PKCS#11 by :mod:`hsm.pkcs11.tokeninit`, in a child process
+that gets the PINs on its stdin (never on a command line) and each member's
+``SOFTHSM2_CONF`` in its environment. PINs never appear in messages, reprs or logs.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -20,10 +23,10 @@ __all__ = [
     "INSTALL_HINT",
     "MODULE_CANDIDATES",
     "MODULE_ENV",
+    "TokenSpec",
     "check_path",
     "find_softhsm_module",
-    "find_util",
-    "init_token",
+    "init_tokens",
     "write_conf",
 ]
 
@@ -41,7 +44,8 @@ INSTALL_HINT = "install it with `apt-get install softhsm2`"
 
 # SoftHSM's config reader cuts a value at '#' (comment) and '='; a newline ends the line.
 _CONF_FORBIDDEN = frozenset("#=\n\r")
-_UTIL_TIMEOUT_S = 30.0
+_INIT_TIMEOUT_S = 60.0
+_TOKENINIT = "hsm.pkcs11.tokeninit"  # run as a program: it loads the modules, not we
 
 
 # -- finding SoftHSM ----------------------------------------------------------------------
@@ -63,14 +67,6 @@ def find_softhsm_module() -> Path:
         f"SoftHSM2 module libsofthsm2.so not found (looked in {', '.join(MODULE_CANDIDATES)}); "
         f"{INSTALL_HINT}, or set {MODULE_ENV} to its path"
     )
-
-
-def find_util() -> str:
-    """``softhsm2-util`` on ``PATH``."""
-    util = shutil.which("softhsm2-util")
-    if util is None:
-        raise HarnessError(f"softhsm2-util not found on PATH; {INSTALL_HINT}")
-    return util
 
 
 # -- softhsm2.conf --------------------------------------------------------------------------
@@ -103,42 +99,53 @@ def write_conf(conf: Path, token_dir: Path) -> None:
 # -- tokens ---------------------------------------------------------------------------------
 
 
-def init_token(util: str, module: Path, conf: Path, label: str, *, pin: str,
-               so_pin: str) -> str:
-    """Initialize a token labelled ``label`` in the free slot of ``module`` (configured by
-    ``conf``) with these PINs; return its serial."""
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+@dataclass(frozen=True)
+class TokenSpec:
+    """One token to initialize: in the first free slot of ``module``, read with ``conf``."""
+
+    module: Path
+    conf: Path
+    label: str
+
+
+def init_tokens(tokens: Sequence[TokenSpec], *, pin: str, so_pin: str) -> list[str]:
+    """Initialize each token (``C_InitToken``, then ``C_InitPIN`` as the security officer)
+    with these PINs; return their serials, in order.
+
+    Done by :mod:`hsm.pkcs11.tokeninit` in one child process, the PINs on its stdin: no PIN
+    is ever on a command line (``/proc/*/cmdline`` is world-readable) and this process loads
+    no PKCS#11 module.
+    """
+    request = {"pin": pin, "so_pin": so_pin,
+               "tokens": [{"module": str(t.module), "label": t.label,
+                           "env": {"SOFTHSM2_CONF": str(t.conf)}} for t in tokens]}
+    env = dict(os.environ)
+    env.pop("SOFTHSM2_CONF", None)  # each token's own is set before its C_Initialize
+    # The child imports this very hsm, wherever it was imported from here.
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (here, env.get("PYTHONPATH"))))
     secrets_ = (pin, so_pin)
-    _run(util, ["--module", str(module), "--init-token", "--free", "--label", label,
-                "--pin", pin, "--so-pin", so_pin], env, label, secrets_)
-    shown = _run(util, ["--module", str(module), "--show-slots"], env, label, secrets_)
-    return _serial_for(shown, label)
-
-
-def _run(util: str, args: list[str], env: dict[str, str], member: str,
-         secrets_: tuple[str, ...]) -> str:
-    action = args[2] if len(args) > 2 else "softhsm2-util"
     try:
         done = subprocess.run(
-            [util, *args],
-            env=env,
-            stdin=subprocess.DEVNULL,  # never let it prompt
-            capture_output=True,
-            text=True,
-            timeout=_UTIL_TIMEOUT_S,
-            check=False,
+            [sys.executable, "-m", _TOKENINIT], input=json.dumps(request), env=env,
+            capture_output=True, text=True, timeout=_INIT_TIMEOUT_S, check=False,
         )
     except subprocess.TimeoutExpired:
-        raise HarnessError(f"softhsm2-util {action} for member {member} timed out") from None
+        raise HarnessError("initializing the SoftHSM tokens timed out") from None
     except OSError as exc:
-        raise HarnessError(f"can't run softhsm2-util: {exc.strerror}") from None
+        raise HarnessError(f"can't run {sys.executable}: {exc.strerror}") from None
     if done.returncode != 0:
-        detail = _scrub((done.stderr or done.stdout).strip(), secrets_) or "no message"
-        raise HarnessError(
-            f"softhsm2-util {action} for member {member} failed "
-            f"(exit {done.returncode}): {detail}"
-        )
-    return done.stdout
+        detail = " ".join(_scrub(done.stderr or done.stdout, secrets_).split())[:400]
+        raise HarnessError(f"initializing the SoftHSM tokens failed (exit {done.returncode}): "
+                           f"{detail or 'no message'}")
+    try:
+        serials = json.loads(done.stdout)["serials"]
+    except (ValueError, KeyError, TypeError):
+        serials = None
+    if not isinstance(serials, list) or len(serials) != len(tokens) \
+            or not all(isinstance(s, str) and s for s in serials):
+        raise HarnessError("initializing the SoftHSM tokens gave no serials")
+    return serials
 
 
 def _scrub(text: str, secrets_: tuple[str, ...]) -> str:
@@ -146,26 +153,3 @@ def _scrub(text: str, secrets_: tuple[str, ...]) -> str:
         if value:
             text = text.replace(value, "***")
     return text
-
-
-def _serial_for(show_slots: str, label: str) -> str:
-    """The serial of the initialized token labelled ``label`` in ``--show-slots`` output."""
-    found: list[str] = []
-    serial = ""
-    for line in show_slots.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
-        if key == "Serial number":
-            serial = value
-        elif key == "Label":
-            if value == label and serial:
-                found.append(serial)
-            serial = ""
-    if len(found) != 1:
-        raise HarnessError(
-            f"softhsm2-util --show-slots shows {len(found)} token(s) labelled {label!r}; "
-            f"expected exactly one"
-        )
-    return found[0]

@@ -192,7 +192,7 @@ def test_key_create_and_list(config: str, key_id: str) -> None:
     assert set(created) == {"key_id", "version", "kcv"}
     assert created["version"] == 1
     listed = ok_json(run("key", "list", "--config", config, "--json"))
-    assert created in listed["keys"]
+    assert {**created, "members": ["hsm-a"]} in listed["keys"]
     assert any(k["key_id"] == key_id for k in listed["keys"])
 
 
@@ -201,7 +201,7 @@ def test_key_list_human_output_is_a_table(config: str, key_id: str) -> None:
     result = run("key", "list", "--config", config)
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["KEY", "ID", "VERSION", "KCV"]
+    assert lines[0].split() == ["KEY", "ID", "VERSION", "KCV", "MEMBERS"]
     assert any(line.startswith(key_id) for line in lines[1:])
 
 
@@ -397,7 +397,8 @@ def test_wrong_pin_is_one_line_that_never_shows_a_pin(tmp_path: Path) -> None:
         assert status.exit_code == 1
         report = json.loads(status.stdout)
         assert report["members"][0]["reachable"] is False
-        assert "PinIncorrect" in report["members"][0]["error"]
+        error = report["members"][0]["error"]
+        assert "PinIncorrect" in error or "pin_incorrect" in error
         assert len(status.stderr.splitlines()) == 1
         for pin in (wrong, right):
             assert pin not in status.stdout + status.stderr

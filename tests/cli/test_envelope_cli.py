@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import stat
 import subprocess
 import sys
@@ -442,15 +444,15 @@ def _stderr_on_a_terminal(args: list[str], config: str, stdin: bytes) -> bytes:
             chunks.append(data)
 
     reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
     try:
+        reader.start()
         done = subprocess.run([sys.executable, "-m", "hsm.cli", *args], input=stdin,
                               stdout=subprocess.DEVNULL, stderr=slave, timeout=120, check=False,
                               env={**os.environ, "HSM_CONFIG": config})
     finally:
-        os.close(slave)
-    reader.join(timeout=10)
-    os.close(master)
+        os.close(slave)  # the reader then sees EIO and returns
+        reader.join(timeout=10)
+        os.close(master)
     assert done.returncode == 0
     return b"".join(chunks)
 
@@ -464,3 +466,169 @@ def test_progress_bar_shows_on_a_terminal(tmp_path: Path, config: str, key_id: s
     quiet = _stderr_on_a_terminal(["encrypt", "--key", key_id, str(tmp_path / "small"),
                                    str(tmp_path / "b")], config, b"")
     assert quiet == b""
+
+
+# -- killed mid-way: no partial output outlives the command ----------------------------------
+
+# `hsm` as a program, with or without O_TMPFILE (without: the named, locked temporary file).
+_PROGRAM = ("import os, sys\n"
+            "if sys.argv.pop(1) == 'named' and hasattr(os, 'O_TMPFILE'):\n"
+            "    del os.O_TMPFILE\n"
+            "sys.argv[0] = 'hsm'\n"
+            "from hsm.cli import main\n"
+            "main()\n")
+
+
+def _has_o_tmpfile(directory: Path) -> bool:
+    try:
+        os.close(os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def _writing_into(pid: int, directory: Path) -> bool:
+    """Whether process ``pid`` holds a file in ``directory`` with some output in it."""
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+            size = os.stat(fd).st_size
+        except OSError:
+            continue
+        if target.startswith(f"{directory}/") and size > 0:
+            return True
+    return False
+
+
+def _kill_while_writing(args: list[str], stdin: bytes, *, how: str, signum: int,
+                        config: str, directory: Path,
+                        ) -> tuple[int, subprocess.CompletedProcess[bytes]]:
+    """Run ``hsm ARGS`` fed half of ``stdin``; once its output is partly on disk, send it
+    ``signum``; its pid and the finished process."""
+    proc = subprocess.Popen([sys.executable, "-c", _PROGRAM, how, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "HSM_CONFIG": config})
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(stdin[: len(stdin) // 2])
+        proc.stdin.flush()
+        for _ in range(3000):  # up to a minute for the first frames (no bound on speed)
+            if proc.poll() is not None or _writing_into(proc.pid, directory):
+                break
+            threading.Event().wait(0.02)
+        assert proc.poll() is None, proc.communicate(timeout=60)
+        os.kill(proc.pid, signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    return proc.pid, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("how", ["o_tmpfile", "named"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+@pytest.mark.parametrize("command", ["decrypt", "encrypt"])
+def test_a_killed_command_leaves_no_partial_output(tmp_path: Path, config: str, key_id: str,
+                                                   command: str, signum: int,
+                                                   how: str) -> None:
+    """hsm decrypt/encrypt killed mid-way with SIGTERM or SIGKILL leaves no partial output
+    beside OUT: SIGTERM cleans up (exit 143, one line saying OUT was not written); after
+    SIGKILL an unnamed (O_TMPFILE) file leaves nothing, and a named one is removed by the
+    next run into that directory."""
+    if how == "o_tmpfile" and not _has_o_tmpfile(tmp_path):
+        pytest.skip("this filesystem has no O_TMPFILE")
+    plaintext = os.urandom(8 * MiB)
+    if command == "decrypt":
+        data = encrypted(tmp_path, config, key_id, plaintext).read_bytes()
+        args = ["decrypt", *CTX, "-", str(tmp_path / "out")]
+    else:
+        data = plaintext
+        args = ["encrypt", "--key", key_id, *CTX, "-", str(tmp_path / "out")]
+    before = names(tmp_path)
+    pid, done = _kill_while_writing(args, data, how=how, signum=signum, config=config,
+                                    directory=tmp_path)
+    if signum == signal.SIGTERM:
+        assert done.returncode == 128 + signal.SIGTERM, done.stderr
+        assert done.stderr.decode().splitlines() == [
+            f"hsm: error: SIGTERM: {tmp_path / 'out'} not written"]
+        assert names(tmp_path) == before
+        return
+    assert done.returncode == -signal.SIGKILL
+    left = names(tmp_path) - before
+    if how == "o_tmpfile":
+        assert left == set()
+        return
+    assert len(left) == 1
+    assert re.fullmatch(rf"\.out\.hsm-{pid}-[0-9a-f]{{8}}\.tmp", left.pop())
+    small = tmp_path / "small.in"
+    small.write_bytes(b"next run")
+    ok(run("encrypt", "--key", key_id, str(small), str(tmp_path / "next.hsm"), config=config))
+    assert names(tmp_path) == before | {"small.in", "next.hsm"}
+
+
+# -- a full disk is the output's fault -------------------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["decrypt", "encrypt"])
+def test_a_full_device_names_the_output_not_the_input(tmp_path: Path, config: str,
+                                                      key_id: str, command: str) -> None:
+    """Writing OUT fails with ENOSPC (/dev/full): the one error line names OUT, not IN."""
+    data = os.urandom(100 * 1024)
+    if command == "decrypt":
+        src = encrypted(tmp_path, config, key_id, data)
+        args = ["decrypt", *CTX, str(src), "/dev/full"]
+    else:
+        src = tmp_path / "five.bin"
+        src.write_bytes(data)
+        args = ["encrypt", "--key", key_id, str(src), "/dev/full"]
+    line = one_error_line(run(*args, config=config))
+    assert line == "hsm: error: cannot write /dev/full: No space left on device"
+    assert str(src) not in line
+
+
+# `hsm` as a program whose files may grow to 1 MiB at most (writes past it: EFBIG).
+_SMALL_FILES = ("import resource, sys\n"
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+                "sys.argv[0] = 'hsm'\n"
+                "from hsm.cli import main\n"
+                "main()\n")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+def test_a_failed_write_says_out_was_not_written_or_left_unchanged(
+    tmp_path: Path, config: str, key_id: str, existing: bool
+) -> None:
+    """A write that fails past the file-size limit, through the temporary file: the error
+    names OUT and says it was not written (new) or left unchanged (existing), which holds,
+    and no temporary file is left."""
+    sealed = encrypted(tmp_path, config, key_id, os.urandom(3 * MiB), name="five")
+    out = tmp_path / "five.out"
+    if existing:
+        out.write_bytes(b"old content")
+    before = names(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _SMALL_FILES, "decrypt", *CTX, str(sealed),
+                           str(out)], capture_output=True, timeout=120, check=False,
+                          env={**os.environ, "HSM_CONFIG": config})
+    assert done.returncode == 1
+    outcome = "left unchanged" if existing else "not written"
+    assert done.stderr.decode().splitlines() == [
+        f"hsm: error: cannot write {out}: File too large; {out} {outcome}"]
+    assert names(tmp_path) == before
+    if existing:
+        assert out.read_bytes() == b"old content"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_stdout_is_named_as_such(tmp_path: Path, config: str, key_id: str) -> None:
+    """hsm decrypt IN - with stdout on a full device: 'cannot write stdout', not IN."""
+    sealed = encrypted(tmp_path, config, key_id, os.urandom(100 * 1024))
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "hsm.cli", "decrypt", *CTX, str(sealed),
+                               "-"], stdout=full, stderr=subprocess.PIPE, timeout=120,
+                              check=False, env={**os.environ, "HSM_CONFIG": config})
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        "hsm: error: cannot write stdout: No space left on device"]

@@ -53,6 +53,7 @@ def test_the_testing_commands_are_registered_entry_points() -> None:
 
 
 def test_help_lists_builtin_and_plugin_commands_in_order() -> None:
+    """hsm --help lists built-in and plugin commands together, in name order."""
     result = run("--help")
     assert result.exit_code == 0
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines()
@@ -113,6 +114,7 @@ def test_a_broken_plugin_is_listed_and_fails_in_one_line(plugins: dict[str, Entr
 def test_a_builtin_command_wins_over_a_plugin_of_the_same_name(
     plugins: dict[str, EntryPoint],
 ) -> None:
+    """A plugin registering a built-in command's name is ignored: the built-in runs."""
     plugins["key"] = EntryPoint("key", "no_such_module_here:command", ENTRY_POINT_GROUP)
     result = run("key", "--help")
     assert result.exit_code == 0
@@ -153,6 +155,7 @@ def test_python_m_hsm_testing_is_hsm_harness(tmp_path: Path) -> None:
 
 
 def test_python_m_hsm_testing_errors_are_one_line(tmp_path: Path) -> None:
+    """python -m hsm.testing reports a refused harness as one error line, exit 1."""
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "file").write_text("x", encoding="utf-8")
     refused = _python_m("up", str(tmp_path / "keep"))
@@ -193,3 +196,27 @@ def test_fault_heal_all(two: Harness) -> None:
         assert refused.exit_code == 2
         assert "give MEMBER or --all" in refused.stderr
     assert load_harness(two.directory) == two
+
+
+def _every_command(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path under ``group`` (``("fault", "inject")``...), groups included."""
+    import click
+
+    ctx = click.Context(group)
+    found = [path]
+    if isinstance(group, click.Group):
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            if command is not None:
+                found += _every_command(command, (*path, name))
+    return found
+
+
+@pytest.mark.parametrize("path", _every_command(cli), ids=lambda p: " ".join(p) or "hsm")
+def test_help_texts_show_no_docstring_markup(path: tuple[str, ...]) -> None:
+    """No command's --help shows reStructuredText or Markdown markup from its docstring
+    (``code``, :mod:, backquotes): click prints docstrings as they are."""
+    result = run(*path, "--help")
+    assert result.exit_code == 0, result.output
+    for markup in ("``", ":mod:", ":class:", ":func:", ":meth:", "`"):
+        assert markup not in result.stdout, f"hsm {' '.join(path)} --help shows {markup!r}"

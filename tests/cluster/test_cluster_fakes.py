@@ -171,7 +171,8 @@ def test_a_hang_costs_one_deadline_and_makes_the_member_suspect(
     three: Fakes,
 ) -> None:
     """A hung member is given up after the deadline, the call succeeds elsewhere, the member
-    is suspect (no new work) until the hung call returns."""
+    is suspect (no new work) until the hung call returns and the monitor has brought it up
+    to date."""
     cluster, (a, b, _) = three
     key = cluster.create_key()
     a.hang()
@@ -181,12 +182,37 @@ def test_a_hang_costs_one_deadline_and_makes_the_member_suspect(
     gdk(cluster, key.key_id, CTX)
     assert a.calls["generate_data_key"] == 1  # no new work while suspect
     a.heal()
-    for _ in range(200):
-        if cluster.state_of("m0") is State.HEALTHY:
+    for _ in range(1000):
+        if cluster.health["m0"].hung == 0:
             break
         threading.Event().wait(0.01)
+    assert cluster.state_of("m0") is State.SUSPECT  # answered, not yet brought up to date
+    cluster.check_members()
     assert cluster.state_of("m0") is State.HEALTHY
     assert unwrap(cluster, dk.wrapped, CTX) == dk.plaintext
+
+
+def test_a_key_made_while_a_member_was_suspect_reaches_it_when_it_answers(
+    three: Fakes,
+) -> None:
+    """Going from suspect back to healthy brings the member up to date like a re-admission
+    after down: a key created meanwhile is copied to it."""
+    cluster, (a, _b, _c) = three
+    a.hang()
+    with pytest.raises(hsm.HSMUnavailable):
+        cluster.call_on(a, Operation.RANDOM, lambda ring: ring.generate_random(1))
+    assert cluster.state_of("m0") is State.SUSPECT
+    key = cluster.create_key()  # on m1 and m2: m0 is suspect
+    assert (key.key_id, 1) not in a.keys
+    a.heal()
+    for _ in range(1000):
+        if cluster.health["m0"].hung == 0:
+            break
+        threading.Event().wait(0.01)
+    cluster.check_members()
+    assert cluster.state_of("m0") is State.HEALTHY
+    assert (key.key_id, 1) in a.keys
+    assert cluster.verify().ok
 
 
 def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
@@ -202,7 +228,7 @@ def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
             done.set()
 
         cluster.deadline = 5.0
-        t = threading.Thread(target=slow)
+        t = threading.Thread(target=slow, daemon=True)
         t.start()
         for _ in range(200):
             if cluster.health["m0"].outstanding:
@@ -214,6 +240,7 @@ def test_balanced_mode_spreads_by_outstanding_calls(clock: Clock) -> None:
         t.join(5)
         assert done.is_set()
     finally:
+        a.heal()  # releases the hung call, whatever failed above
         cluster.close()
 
 
@@ -310,13 +337,80 @@ def test_single_member_cluster_raises_the_members_error(clock: Clock) -> None:
         cluster.close()
 
 
-def test_wrong_configuration_fails_at_open(clock: Clock) -> None:
-    """A permanent error while opening a member (a wrong PIN) fails the whole open."""
+def test_a_refused_pin_disables_the_member_for_good(clock: Clock) -> None:
+    """A member whose PIN is refused at open is disabled: the cluster serves with the
+    others, and no probe ever opens it (logs in) again, however much time passes."""
     a, b = FakeMember("a"), FakeMember("b")
-    b.fail(hsm.PinIncorrect("PIN refused", reason=hsm.Reason.PIN_INCORRECT))
-    with pytest.raises(hsm.PinIncorrect):
+    b.fail(hsm.PinIncorrect("token b: the PIN was refused", reason=hsm.Reason.PIN_INCORRECT))
+    cluster = Cluster([a, b], monitor=False, clock=clock)
+    cluster.open()
+    try:
+        assert cluster.state_of("b") is State.DISABLED
+        assert cluster.health["b"].last_reason is Reason.PIN_INCORRECT
+        assert len(cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(4))) == 4
+        opens = b.calls["open"]
+        for _ in range(50):
+            clock.now += 60
+            cluster.check_members()
+        assert b.calls["open"] == opens == 1
+        assert b.calls["ping"] == 0
+        with pytest.raises(hsm.QuorumNotReached):
+            Cluster([a, b], quorum=2, monitor=False, clock=clock).create_key()
+    finally:
+        cluster.close()
+
+
+def test_a_pin_refused_later_disables_the_member(three: Fakes, clock: Clock) -> None:
+    """A PIN refused on a later call (a login after recovery) disables the member too."""
+    cluster, (a, _b, _c) = three
+    a.fail(hsm.PinIncorrect("token m0: the PIN was refused", reason=hsm.Reason.PIN_INCORRECT))
+    cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(1))
+    assert cluster.state_of("m0") is State.DISABLED
+    a.heal()
+    clock.now += 3600
+    cluster.check_members()
+    assert cluster.state_of("m0") is State.DISABLED
+
+
+def test_no_member_opened_names_every_member(clock: Clock) -> None:
+    """When no member opens, the error names each member and why; every PIN refused
+    raises PinIncorrect, a single member its own error."""
+    a, b = FakeMember("a"), FakeMember("b")
+    a.fail(hsm.PinIncorrect("token a: the PIN was refused", reason=hsm.Reason.PIN_INCORRECT))
+    b.fail(hsm.PinIncorrect("token b: the PIN was refused", reason=hsm.Reason.PIN_INCORRECT))
+    with pytest.raises(hsm.PinIncorrect) as both:
         Cluster([a, b], monitor=False, clock=clock).open()
-    assert not a.opened
+    assert "a: token a" in str(both.value)
+    assert "b: token b" in str(both.value)
+    b.fail()  # a device error on b: the errors differ
+    with pytest.raises(hsm.ClusterUnavailable) as mixed:
+        Cluster([a, b], monitor=False, clock=clock).open()
+    assert [x.member for x in mixed.value.attempts] == ["a", "b"]
+    with pytest.raises(hsm.PinIncorrect, match="token a"):
+        Cluster([a], monitor=False, clock=clock).open()
+
+
+def test_a_member_that_does_not_answer_at_open_comes_in_later(clock: Clock) -> None:
+    """A member hung while opening does not keep the cluster from opening: it is suspect,
+    and once its open returns the monitor brings it up to date and re-admits it."""
+    a, b = FakeMember("a"), FakeMember("b")
+    b.hang()
+    cluster = Cluster([a, b], deadline_ms=100, monitor=False, clock=clock)
+    cluster.open()
+    try:
+        assert cluster.state_of("b") is State.SUSPECT
+        key = cluster.create_key()  # quorum 1: on a alone
+        b.heal()
+        for _ in range(1000):
+            if cluster.health["b"].hung == 0:
+                break
+            threading.Event().wait(0.01)
+        cluster.check_members()
+        assert cluster.state_of("b") is State.HEALTHY
+        assert (key.key_id, 1) in b.keys
+    finally:
+        b.heal()
+        cluster.close()
 
 
 def test_metrics_and_state_logs(three: Fakes, clock: Clock,
@@ -418,3 +512,102 @@ def test_a_closed_cluster_says_so(clock: Clock) -> None:
         with pytest.raises(hsm.OperationFailed) as caught:
             cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(1))
         assert caught.value.reason is Reason.NOT_OPEN
+
+
+# -- hardening: quorum after a heal, orphans, resync, who was asked ------------------------
+
+
+def test_create_right_after_a_heal_probes_the_member_now(clock: Clock) -> None:
+    """A quorum create right after a member healed does not wait for the probe backoff:
+    down members are probed (and brought up to date) before quorum is refused."""
+    members = [FakeMember(f"m{i}") for i in range(3)]
+    cluster = Cluster(members, quorum=3, monitor=False, clock=clock)
+    cluster.open()
+    try:
+        members[0].fail()
+        cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(1))
+        assert cluster.state_of("m0") is State.DOWN
+        cluster.health["m0"].next_probe = clock.now + 3600  # the backoff is far away
+        members[0].heal()
+        key = cluster.create_key()
+        assert all((key.key_id, 1) in m.keys for m in members)
+        members[1].fail()
+        with pytest.raises(hsm.QuorumNotReached):
+            cluster.create_key()  # still refused when a member really is down
+    finally:
+        for m in members:
+            m.heal()
+        cluster.close()
+
+
+def test_verify_counts_a_member_that_is_back(three: Fakes, clock: Clock) -> None:
+    """verify probes down members first: one that healed is reachable, not drift."""
+    cluster, (a, _b, _c) = three
+    cluster.create_key()
+    a.fail()
+    cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(1))
+    cluster.health["m0"].next_probe = clock.now + 3600
+    a.heal()
+    report = cluster.verify()
+    assert report.ok, report.as_dict()
+
+
+def test_an_orphan_is_reported_never_copied_and_removable(three: Fakes) -> None:
+    """A key only one member holds (below quorum) is an orphan: verify says so and how to
+    remove it, resync never copies it, and resync --destroy-orphans removes it."""
+    cluster, (a, b, c) = three
+    good = cluster.create_key()
+    orphan = a.keyring.create_key()  # as if a create had timed out after the first member
+    report = cluster.verify()
+    assert not report.ok
+    assert report.members[0].orphans == [(orphan.key_id, 1)]
+    assert not report.members[1].missing  # an orphan is not "missing" elsewhere
+    assert any("--destroy-orphans" in hint for hint in report.hints)
+    done = cluster.repair()
+    assert all(not refs for refs in done["copied"].values())
+    assert (orphan.key_id, 1) not in b.keys
+    assert (orphan.key_id, 1) not in c.keys
+    done = cluster.repair(destroy_orphans=True)
+    assert done["destroyed"] == {"m0": [(orphan.key_id, 1)]}
+    assert (orphan.key_id, 1) not in a.keys
+    assert (good.key_id, 1) in a.keys
+    assert cluster.verify().ok
+
+
+def test_resync_repairs_drift_and_verify_says_to_run_it(three: Fakes) -> None:
+    """A key that reached quorum while a member was away shows as missing there, verify
+    says to run resync, and resync copies it."""
+    cluster, (_a, _b, c) = three
+    c.fail()
+    cluster.call(Operation.RANDOM, lambda ring: ring.generate_random(1))
+    key = cluster.create_key()  # on m0 and m1
+    c.heal()
+    cluster.health["m2"].next_probe = float("inf")  # no probe: drift stays for verify
+    cluster.router.health["m2"].readmitted()  # back, but nobody brought it up to date
+    report = cluster.verify()
+    assert report.members[2].missing == [(key.key_id, 1)]
+    assert any("hsm cluster resync" in hint for hint in report.hints)
+    done = cluster.repair("m2")
+    assert done["copied"] == {"m2": [(key.key_id, 1)]}
+    assert cluster.verify().ok
+    with pytest.raises(hsm.ConfigError):
+        cluster.repair("no-such-member")
+
+
+def test_an_unknown_key_names_every_member_asked(three: Fakes) -> None:
+    """A key no member holds: KeyNotFound names every member that was asked."""
+    cluster, _ = three
+    with pytest.raises(hsm.KeyNotFound) as caught:
+        gdk(cluster, "00000000-0000-4000-8000-000000000000", CTX)
+    assert "asked m0, m1, m2" in str(caught.value)
+
+
+def test_verify_reports_keys_weaker_than_the_template(three: Fakes) -> None:
+    """A key whose attributes grant more than the template is reported, with what is
+    wrong, and verify is not ok."""
+    cluster, (a, _b, _c) = three
+    key = cluster.create_key()
+    a.weak.add((key.key_id, 1))
+    report = cluster.verify()
+    assert not report.ok
+    assert report.members[0].weak == [((key.key_id, 1), ["WEAK (set by the test)"])]

@@ -47,17 +47,38 @@ def test_down_probe_backoff_and_readmission() -> None:
 
 
 def test_a_hung_call_makes_a_member_suspect_until_it_returns() -> None:
-    """Past the deadline a member is suspect; it serves again once every hung call has
-    returned well, or goes down if the late answer was an error."""
+    """Past the deadline a member is suspect; once every hung call has returned well its
+    probe is due at once (it is brought up to date before it serves again), and it goes
+    down if the late answer was an error."""
     health = Health("a", clock=Clock())
     health.timed_out()
     health.timed_out()
     assert state(health) is State.SUSPECT
     assert not health.serving
+    assert not health.probe_due()
     health.hung_call_returned(None)
     assert state(health) is State.SUSPECT
+    assert not health.probe_due()
     health.hung_call_returned(None)
+    assert state(health) is State.SUSPECT
+    assert health.probe_due()
+    health.readmitted()
     assert state(health) is State.HEALTHY
     health.timed_out()
     health.hung_call_returned(Reason.DEVICE_ERROR)
     assert state(health) is State.DOWN
+
+
+def test_a_disabled_member_is_never_probed() -> None:
+    """A disabled member (PIN refused) is never due for a probe and ignores later errors
+    and answers."""
+    clock = Clock()
+    health = Health("a", clock=clock)
+    health.disabled(Reason.PIN_INCORRECT)
+    for _ in range(3):
+        clock.now += 1000
+        health.failed(Reason.DEVICE_ERROR)
+        health.readmitted()
+        assert not health.probe_due()
+        assert not health.probe_due(now=True)
+    assert state(health) is State.DISABLED

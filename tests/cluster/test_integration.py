@@ -151,7 +151,12 @@ def test_threads_keep_working_through_a_fault(cluster3: tuple[Harness, FaultInje
         stop = threading.Event()
 
         def work() -> None:
-            while not stop.is_set():
+            # Bounded (count and time) even if nobody sets `stop`: a failed test must not
+            # leave threads filling memory (pytest once reached 23.7 GB and was killed).
+            end = time.monotonic() + 60
+            for _ in range(100_000):
+                if stop.is_set() or time.monotonic() > end or len(failures) >= 100:
+                    return
                 try:
                     dk = client.generate_data_key(key.key_id, CTX)
                     if client.unwrap(dk.wrapped, CTX) != dk.plaintext:
@@ -159,17 +164,20 @@ def test_threads_keep_working_through_a_fault(cluster3: tuple[Harness, FaultInje
                 except hsm.HSMError as exc:
                     failures.append(repr(exc))
 
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        injector.inject("hsm-a", "DEVICE_REMOVED")
-        time.sleep(0.3)
-        injector.heal("hsm-a")
-        time.sleep(0.3)
-        stop.set()
-        for t in threads:
-            t.join()
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+        try:
+            for t in threads:
+                t.start()
+            time.sleep(0.3)
+            injector.inject("hsm-a", "DEVICE_REMOVED")
+            time.sleep(0.3)
+            injector.heal("hsm-a")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads)
         assert failures == []
 
 

@@ -404,7 +404,7 @@ def test_threads_share_the_cache(make_client: MakeClient, client: hsm.Client,
     per_thread = 40
     results: dict[int, list[bytes]] = {}
     errors: list[BaseException] = []
-    start = threading.Barrier(8)
+    start = threading.Barrier(8, timeout=60)
 
     def work(n: int) -> None:
         try:
@@ -415,11 +415,13 @@ def test_threads_share_the_cache(make_client: MakeClient, client: hsm.Client,
         except BaseException as err:  # reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(8)]
+    try:
+        for t in threads:
+            t.start()
+    finally:  # the barrier times out if a thread never started
+        for t in threads:
+            t.join(timeout=60)
     assert not errors
     for n, messages in results.items():
         ctx = {"tenant": str(n % 2)}
@@ -455,11 +457,13 @@ def test_concurrent_misses_call_the_hsm_outside_the_lock(clock: FakeClock) -> No
 
     got: list[DataKey] = []
     threads = [threading.Thread(target=lambda: got.append(
-        cache.for_encrypt("k", b"\x00\x00", 1, make))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        cache.for_encrypt("k", b"\x00\x00", 1, make)), daemon=True) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        for t in threads:
+            t.join(timeout=30)
     assert len(made) == 2
     assert len(got) == 2
     assert len(cache) == 1

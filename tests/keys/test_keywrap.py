@@ -18,9 +18,9 @@ from typing import Any
 import cryptography_vectors
 import pytest
 from cryptography.hazmat.primitives import keywrap
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, Mechanism
-from pkcs11.exceptions import AttributeSensitive
+from pkcs11.exceptions import AttributeSensitive, MechanismInvalid
 
 from hsm.errors import (
     InvalidCiphertext,
@@ -202,14 +202,14 @@ def _raw(key: SecretKey) -> Any:
     return key._obj
 
 
-def _expected_kcv(value: bytes) -> str:
-    encryptor = Cipher(algorithms.AES(value), modes.ECB()).encryptor()  # noqa: S305 (KCV)
-    return (encryptor.update(bytes(16)) + encryptor.finalize())[:3].hex()
-
-
 def _hsm_kcv(key: Any) -> str:
     """AES-ECB of a zero block under a python-pkcs11 key object, computed in the HSM."""
     return bytes(key.encrypt(bytes(16), mechanism=Mechanism.AES_ECB))[:3].hex()
+
+
+def _expected_gcm_kcv(value: bytes) -> str:
+    """The master-key KCV computed in software: AES-GCM of a zero block, zero IV, no AAD."""
+    return AESGCM(value).encrypt(bytes(12), bytes(16), None)[:3].hex()
 
 
 # -- mechanism mapping ----------------------------------------------------------------------
@@ -389,7 +389,7 @@ def test_key_moves_between_tokens(token_a: Token, token_b: Token, which: WrapMec
                                 Attr.SIGN, Attr.DERIVE, Attr.WRAP, Attr.UNWRAP])
             assert attrs == {Attr.EXTRACTABLE: False, Attr.SENSITIVE: True,
                              Attr.PRIVATE: True, Attr.TOKEN: True, Attr.SIGN: False,
-                             Attr.DERIVE: False, Attr.WRAP: True, Attr.UNWRAP: True}
+                             Attr.DERIVE: False, Attr.WRAP: False, Attr.UNWRAP: False}
             with pytest.raises(AttributeSensitive):
                 _raw(moved)[Attribute.VALUE]
             with pytest.raises(OperationFailed):
@@ -436,7 +436,8 @@ def _master_labels(token: Token) -> set[str]:
 def test_import_wrapped_key_makes_a_locked_master_key(
     token_a: Token, import_kek: tuple[str, bytes], which: WrapMechanism,
 ) -> None:
-    """An imported key is a new version-1 master key: locked in the HSM, with the right KCV."""
+    """An imported key is a new version-1 master key: locked in the HSM (ENCRYPT/DECRYPT
+    only, not modifiable, AES-GCM only), with the right KCV."""
     label, kek = import_kek
     material = os.urandom(32)
     wrap = keywrap.aes_key_wrap if which is KW else keywrap.aes_key_wrap_with_padding
@@ -444,20 +445,24 @@ def test_import_wrapped_key_makes_a_locked_master_key(
                               wrapping_key_label=label, which=which)
     assert info.version == 1
     assert str(uuid.UUID(info.key_id)) == info.key_id
-    assert info.kcv == _expected_kcv(material)
+    assert info.kcv == _expected_gcm_kcv(material)
     key = _master_key(token_a, info.key_id)
     attrs = key.read([Attr.EXTRACTABLE, Attr.SENSITIVE, Attr.PRIVATE, Attr.TOKEN,
                       Attr.KEY_TYPE, Attr.ENCRYPT, Attr.DECRYPT, Attr.WRAP, Attr.UNWRAP,
-                      Attr.SIGN, Attr.VERIFY, Attr.DERIVE, Attr.ID])
+                      Attr.SIGN, Attr.VERIFY, Attr.DERIVE, Attr.ID, Attr.MODIFIABLE,
+                      Attr.ALLOWED_MECHANISMS])
     assert attrs == {
         Attr.EXTRACTABLE: False, Attr.SENSITIVE: True, Attr.PRIVATE: True, Attr.TOKEN: True,
-        Attr.KEY_TYPE: KeyType.AES, Attr.ENCRYPT: True, Attr.DECRYPT: True, Attr.WRAP: True,
-        Attr.UNWRAP: True, Attr.SIGN: False, Attr.VERIFY: False, Attr.DERIVE: False,
+        Attr.KEY_TYPE: KeyType.AES, Attr.ENCRYPT: True, Attr.DECRYPT: True, Attr.WRAP: False,
+        Attr.UNWRAP: False, Attr.SIGN: False, Attr.VERIFY: False, Attr.DERIVE: False,
         Attr.ID: uuid.UUID(info.key_id).bytes + (1).to_bytes(4, "big"),
+        Attr.MODIFIABLE: False, Attr.ALLOWED_MECHANISMS: (int(Mechanism.AES_GCM),),
     }
     with pytest.raises(AttributeSensitive):
         _raw(key)[Attribute.VALUE]
-    assert _hsm_kcv(_raw(key)) == info.kcv == key.kcv()
+    with pytest.raises(MechanismInvalid):
+        _hsm_kcv(_raw(key))
+    assert key.kcv_gcm() == info.kcv
 
 
 def test_imported_key_seals_and_opens_with_keyring(
@@ -493,7 +498,7 @@ def test_list_keys_shows_the_imported_kcv(token_a: Token, import_kek: tuple[str,
     info = import_wrapped_key(token_a.keyring, keywrap.aes_key_wrap_with_padding(kek, material),
                               wrapping_key_label=label)
     listed = [k for k in token_a.keyring.list_keys() if k.key_id == info.key_id]
-    assert [k.kcv for k in listed] == [_expected_kcv(material)]
+    assert [k.kcv for k in listed] == [_expected_gcm_kcv(material)]
 
 
 def test_import_refusals_leave_no_key_behind(

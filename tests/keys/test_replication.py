@@ -15,7 +15,7 @@ from typing import Any
 import pkcs11.exceptions as p11e
 import pytest
 from click.testing import CliRunner
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
 
 from hsm.cli import cli
 from hsm.cluster.ceremony import CeremonyReport, init_cluster
@@ -40,6 +40,7 @@ from hsm.keys.replication import (
     material_kcv,
 )
 from hsm.pkcs11 import (
+    AES_GCM,
     AES_KEY_WRAP,
     Attr,
     Capability,
@@ -156,7 +157,8 @@ def test_policy_accepts_extractable_only_with_wrap_with_trusted() -> None:
     attrs: dict[Attr, Any] = {
         Attr.CLASS: KeyClass.SECRET_KEY, Attr.KEY_TYPE: KeyType.AES, Attr.VALUE_LEN: 32,
         Attr.TOKEN: True, Attr.PRIVATE: True, Attr.SENSITIVE: True, Attr.EXTRACTABLE: True,
-        Attr.SIGN: False, Attr.VERIFY: False, Attr.DERIVE: False,
+        Attr.WRAP: False, Attr.UNWRAP: False, Attr.SIGN: False, Attr.VERIFY: False,
+        Attr.DERIVE: False, Attr.MODIFIABLE: False, Attr.ALLOWED_MECHANISMS: (AES_GCM,),
     }
     check_attributes({**attrs, Attr.WRAP_WITH_TRUSTED: True}, "k", allow_unsafe=False)
     for trust in ({Attr.WRAP_WITH_TRUSTED: False}, {}):
@@ -361,6 +363,42 @@ def test_imported_copy_leaves_the_hsm_only_under_the_trusted_key(cluster: Cluste
         assert refused.value.reason is Reason.KEY_NOT_WRAPPABLE
         untrusted.destroy()
     assert len(cluster.b.export_key(info.key_id, 1)) == 40
+
+
+def test_imported_copy_has_the_rights_of_the_original_and_no_more(cluster: Cluster) -> None:
+    """B's copy is like A's original: ENCRYPT/DECRYPT only, not modifiable, AES-GCM alone
+    (AES-ECB refused), and the replication leaves it usable."""
+    info = cluster.a.create_key(replicable=True)
+    cluster.b.import_key(info.key_id, 1, cluster.a.export_key(info.key_id, 1),
+                         expected_kcv=info.kcv)
+    wanted = (Attr.ENCRYPT, Attr.DECRYPT, Attr.WRAP, Attr.UNWRAP, Attr.DERIVE, Attr.MODIFIABLE,
+              Attr.ALLOWED_MECHANISMS)
+    original = raw_key(cluster.a, info.key_id).read(wanted)
+    copy = raw_key(cluster.b, info.key_id).read(wanted)
+    assert copy == original == {
+        Attr.ENCRYPT: True, Attr.DECRYPT: True, Attr.WRAP: False, Attr.UNWRAP: False,
+        Attr.DERIVE: False, Attr.MODIFIABLE: False, Attr.ALLOWED_MECHANISMS: (AES_GCM,),
+    }
+    with pytest.raises(p11e.MechanismInvalid):
+        raw_object(cluster.b, label_for(info.key_id, 1)).encrypt(bytes(16),
+                                                                 mechanism=Mechanism.AES_ECB)
+    with pytest.raises(p11e.PKCS11Error):
+        raw_object(cluster.b, label_for(info.key_id, 1))[Attribute.DERIVE] = True
+    assert all(k.key_id != info.key_id for k, _ in cluster.b.weak_keys())
+
+
+def test_trusted_key_refuses_to_unwrap_into_a_modifiable_copy(cluster: Cluster) -> None:
+    """Someone with the user PIN can't unwrap an exported key into a modifiable copy (to set
+    CKA_DERIVE on it later): the cluster wrapping key's unwrap template says not MODIFIABLE."""
+    info = cluster.a.create_key(replicable=True)
+    blob = cluster.a.export_key(info.key_id, 1)
+    wrapper = trusted_key(cluster.b)
+    modifiable = KeyTemplate(key_type=KeyType.AES, capabilities=Capability.ENCRYPT,
+                             token=False, private=True, sensitive=True, extractable=True,
+                             wrap_with_trusted=True)
+    with pytest.raises(OperationFailed) as refused:
+        wrapper.unwrap(blob, AES_KEY_WRAP, modifiable)
+    assert refused.value.reason is Reason.TEMPLATE_INCONSISTENT
 
 
 def test_trusted_key_refuses_to_unwrap_into_a_readable_key(cluster: Cluster) -> None:

@@ -38,12 +38,13 @@ def test_modules_run_with_os_locking(hsm_client: hsm.Client) -> None:
 
 def test_probed_mechanisms_on_softhsm(hsm_client: hsm.Client) -> None:
     """SoftHSM 2.6: KW yes; RFC 5649 under 0x210A for multiples of 8 only; GCM with
-    caller IVs."""
+    caller IVs; CKA_ALLOWED_MECHANISMS enforced."""
     mechanisms = hsm_client.status()[0].mechanisms
     assert mechanisms["aes_key_wrap"] is True
     assert mechanisms["aes_key_wrap_pad"] in ("0x210A", "0x210B")
     assert mechanisms["aes_gcm"] is True
     assert mechanisms["gcm_iv"] == "caller"
+    assert mechanisms["allowed_mechanisms"] is True
 
 
 def test_missing_module_is_a_clear_error(tmp_path: Path, hsm_harness: Harness) -> None:

@@ -20,6 +20,7 @@ from pkcs11 import KeyType as P11KeyType
 import hsm
 from hsm.errors import HSMUnavailable, InvalidCiphertext, OperationFailed, Reason
 from hsm.pkcs11 import (
+    AES_GCM,
     AES_KEY_WRAP,
     Attr,
     Capability,
@@ -33,7 +34,7 @@ from hsm.pkcs11 import (
     TokenSelector,
     translated,
 )
-from hsm.pkcs11.objects import p11_template
+from hsm.pkcs11.objects import MAPPER, p11_template
 from hsm.pkcs11.officer import _pack_bool_template
 
 PLAIN = KeyTemplate(key_type=KeyType.AES, capabilities=Capability.ENCRYPT | Capability.DECRYPT,
@@ -77,6 +78,24 @@ def test_template_writes_optional_attributes_only_when_set() -> None:
     bare = p11_template(PLAIN)
     assert not {Attribute.LABEL, Attribute.ID, Attribute.WRAP_WITH_TRUSTED, Attribute.TRUSTED,
                 Attribute.MODIFIABLE} & bare.keys()
+
+
+def test_allowed_mechanisms_pack_as_ulongs_and_modifiable_comes_last() -> None:
+    """CKA_ALLOWED_MECHANISMS is written as an array of CK_ULONG (python-pkcs11 can't map it)
+    and read back as a tuple; MODIFIABLE is the template's last attribute (SoftHSM refuses
+    every attribute of an unwrap template after MODIFIABLE=false)."""
+    template = KeyTemplate(key_type=KeyType.AES, capabilities=Capability.ENCRYPT, token=True,
+                           private=True, sensitive=True, extractable=False,
+                           wrap_with_trusted=True, modifiable=False,
+                           allowed_mechanisms=(AES_GCM,))
+    attrs = p11_template(template)
+    assert attrs[Attribute.ALLOWED_MECHANISMS] == (AES_GCM,)
+    assert list(attrs)[-1] == Attribute.MODIFIABLE
+    packed = MAPPER.pack_attribute(Attribute.ALLOWED_MECHANISMS, (AES_GCM, AES_KEY_WRAP))
+    assert len(packed) == 2 * ctypes.sizeof(ctypes.c_ulong)
+    assert MAPPER.unpack_attributes(Attribute.ALLOWED_MECHANISMS, packed) == (AES_GCM,
+                                                                              AES_KEY_WRAP)
+    assert MAPPER.unpack_attributes(Attribute.ALLOWED_MECHANISMS, b"") == ()
 
 
 def test_a_template_must_be_a_key_template() -> None:

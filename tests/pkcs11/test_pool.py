@@ -8,8 +8,8 @@ import pytest
 
 import hsm
 from hsm.errors import Reason
-from hsm.pkcs11 import SessionPool
-from hsm.testing import Harness
+from hsm.pkcs11 import Module, PinSource, SessionPool, TokenSelector, native
+from hsm.testing import FaultInjector, Harness
 
 
 def test_pool_is_bounded_and_times_out(hsm_harness: Harness) -> None:
@@ -67,3 +67,32 @@ def test_an_unknown_error_inside_discards_the_session(hsm_client: hsm.Client) ->
         assert after is not before
     key = hsm_client.create_key()
     assert hsm_client.unwrap(hsm_client.wrap(key.key_id, bytes(32))) == bytes(32)
+
+
+def test_pool_size_beyond_the_modules_session_limit_is_refused(
+    hsm_harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool needing more sessions than the module gives one process (pool_size + the
+    login session) is a ConfigError naming pool_size and the limit, raised before any login;
+    SoftHSM itself reports no limit."""
+    member = hsm_harness.members[0]
+    selector = TokenSelector(label=member.token_label)
+    pin = PinSource.parse(f"file:{hsm_harness.pin_file}")
+    faults = FaultInjector(hsm_harness)
+    module = Module.acquire(member.module, member.env)
+    try:
+        token = module.find_token(selector)
+        assert module.session_limits(token) == native.SessionLimits(None, None)
+        # A module with limits (SoftHSM has none; the token and every other call stay real).
+        monkeypatch.setattr(native, "session_limits",
+                            lambda path, slot: native.SessionLimits(16, 8))
+        faults.count_calls(member, "C_Login")
+        with pytest.raises(hsm.ConfigError) as info:
+            SessionPool(module, selector, pin, size=8).open()
+        assert "pool_size = 8" in str(info.value)
+        assert "at most 8 read-write sessions" in str(info.value)
+        assert "at most 7" in str(info.value)
+        assert faults.stop_counting(member)["C_Login"] == 0
+        SessionPool(module, selector, pin, size=7).open().close()
+    finally:
+        module.release()

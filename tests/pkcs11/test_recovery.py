@@ -11,7 +11,7 @@ import pytest
 import hsm
 from hsm.errors import Reason
 from hsm.pkcs11 import Module
-from hsm.testing import Harness
+from hsm.testing import FaultInjector, Harness
 from hsm.testing.plugin import HarnessFactory
 
 
@@ -58,6 +58,48 @@ def test_lost_token_is_transient_and_heals(harness: Harness, client: hsm.Client)
     assert _module(client).generation > generation
     again = client.generate_data_key(key.key_id)
     assert client.unwrap(again.wrapped) == again.plaintext
+
+
+def test_loading_a_module_whose_token_is_lost_is_transient(harness: Harness) -> None:
+    """With its token directory gone, SoftHSM's C_Initialize fails: loading the module is a
+    transient HSMUnavailable (module_init_failed) that names the module and what
+    C_Initialize answered, and the module loads once the token is back."""
+    member = harness.members[0]
+    faults = FaultInjector(harness)
+    faults.lose_token(member)
+    try:
+        for _ in range(2):  # not remembered as permanent: each attempt tries again
+            with pytest.raises(hsm.HSMUnavailable) as info:
+                Module.acquire(member.module, member.env)
+            error = info.value
+            assert error.transient
+            assert error.reason is Reason.MODULE_INIT_FAILED
+            assert str(member.module) in error.message
+            assert "C_Initialize answered GeneralError" in error.message
+            assert not error.message.rstrip().endswith(":")
+    finally:
+        faults.heal(member)
+    module = Module.acquire(member.module, member.env)
+    module.release()
+
+
+def test_a_re_initialize_without_the_token_says_what_failed(harness: Harness,
+                                                           client: hsm.Client) -> None:
+    """A re-initialize while the token directory is gone fails transiently with
+    module_init_failed, naming the module and C_Initialize's answer; it recovers after."""
+    module = _module(client)
+    faults = FaultInjector(harness)
+    faults.lose_token(harness.members[0])
+    try:
+        with pytest.raises(hsm.HSMUnavailable) as info:
+            module.reinitialize(module.generation)
+    finally:
+        faults.heal(harness.members[0])
+    assert info.value.reason is Reason.MODULE_INIT_FAILED
+    assert module.path in info.value.message
+    assert "GeneralError" in info.value.message
+    module.reinitialize(module.generation)
+    assert client.generate_random(4)
 
 
 def test_module_finalized_under_the_client(client: hsm.Client) -> None:

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,20 +228,49 @@ def test_a_second_member_is_unaffected_and_keeps_serving_during_a_hang(
 
         injector.hang("hsm-a")
         done: list[Any] = []
-        stuck = threading.Thread(target=lambda: done.append(a.unwrap(dk_a.wrapped, CONTEXT)))
+        stuck = threading.Thread(target=lambda: done.append(a.unwrap(dk_a.wrapped, CONTEXT)),
+                                 daemon=True)
         stuck.start()
-        for _ in range(20):
-            again = b.generate_data_key(key_b.key_id, CONTEXT)
-            assert b.unwrap(again.wrapped, CONTEXT) == again.plaintext
-        assert stuck.is_alive()
-        assert not done
-        injector.heal("hsm-a")
-        stuck.join(timeout=10)
+        try:
+            for _ in range(20):
+                again = b.generate_data_key(key_b.key_id, CONTEXT)
+                assert b.unwrap(again.wrapped, CONTEXT) == again.plaintext
+            assert stuck.is_alive()
+            assert not done
+        finally:
+            injector.heal("hsm-a")  # releases the hung call, whatever happened above
+            stuck.join(timeout=10)
         assert not stuck.is_alive()
         assert done == [dk_a.plaintext]
 
 
 # -- latency and hangs ------------------------------------------------------------------------
+
+
+def _get_info(member_module: Path) -> Any:
+    """The shim's own C_GetInfo, called through ctypes (nothing of python-pkcs11 around it)."""
+    shim = ctypes.CDLL(str(member_module))
+    functions = ctypes.c_void_p()
+    assert shim.C_GetFunctionList(ctypes.byref(functions)) == 0
+    table = ctypes.cast(functions, ctypes.POINTER(ctypes.c_void_p))
+    return ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)(table[3])  # C_GetInfo
+
+
+def test_a_delay_never_sleeps_less_than_asked(one: Harness, injector: FaultInjector) -> None:
+    """Every delayed call takes at least delay_ms, measured in nanoseconds around the call
+    itself (the shim once counted whole milliseconds and could come up to 1 ms short)."""
+    get_info = _get_info(one.members[0].module)
+    info = ctypes.create_string_buffer(256)
+    injector.inject("hsm-a", delay_ms=12, calls="C_GetInfo")
+    try:
+        took = []
+        for _ in range(40):
+            start = time.perf_counter_ns()
+            get_info(info)
+            took.append(time.perf_counter_ns() - start)
+    finally:
+        injector.heal("hsm-a")
+    assert min(took) >= 12_000_000, sorted(took)[:5]
 
 
 def test_delay_adds_latency(client: hsm.Client, injector: FaultInjector) -> None:
@@ -267,13 +297,16 @@ def test_a_hang_blocks_the_call_until_healed(client: hsm.Client,
     injector.hang("hsm-a")
     results: list[Any] = []
     worker = threading.Thread(
-        target=lambda: results.append(client.generate_data_key(key.key_id, CONTEXT)))
+        target=lambda: results.append(client.generate_data_key(key.key_id, CONTEXT)),
+        daemon=True)
     worker.start()
-    worker.join(timeout=0.5)
-    assert worker.is_alive()
-    assert results == []
-    injector.heal("hsm-a")
-    worker.join(timeout=10)
+    try:
+        worker.join(timeout=0.5)
+        assert worker.is_alive()
+        assert results == []
+    finally:
+        injector.heal("hsm-a")  # releases the hung call, whatever happened above
+        worker.join(timeout=10)
     assert not worker.is_alive()
     (dk,) = results
     assert client.unwrap(dk.wrapped, CONTEXT) == dk.plaintext
@@ -320,6 +353,58 @@ def test_module_finalized_under_the_client(client: hsm.Client) -> None:
     with pytest.raises(hsm.HSMUnavailable):
         client.unwrap(blob)
     assert client.unwrap(blob) == b"f" * 32
+
+
+# -- counting calls ---------------------------------------------------------------------------
+
+
+def test_count_calls_counts_the_login_of_a_client_open(one: Harness,
+                                                       injector: FaultInjector) -> None:
+    """count_calls("C_Login"): a client opened on the member logs in once and nothing else
+    is counted; stop_counting returns the counts and ends counting."""
+    injector.count_calls("hsm-a", "C_Login")
+    assert injector.calls("hsm-a") == Counter()
+    with _open(one.config_path) as opened:
+        opened.generate_random(16)
+    assert injector.calls("hsm-a") == Counter({"C_Login": 1})
+    assert injector.stop_counting("hsm-a") == Counter({"C_Login": 1})
+    assert not one.members[0].count_control.exists()
+    with _open(one.config_path) as opened:
+        opened.generate_random(16)
+    assert injector.calls("hsm-a") == Counter()
+
+
+def test_counting_every_call_restarts_from_zero_and_sees_faulted_calls(
+    one: Harness, client: hsm.Client, injector: FaultInjector
+) -> None:
+    """count_calls() with no list counts every function; counting again starts from zero;
+    a call the shim fails is counted too (counted before any fault applies)."""
+    injector.count_calls("hsm-a")
+    client.generate_random(16)
+    counted = injector.calls("hsm-a")
+    assert counted["C_GenerateRandom"] == 1
+    injector.count_calls("hsm-a", ["GenerateRandom"])
+    assert injector.calls("hsm-a") == Counter()
+    injector.inject("hsm-a", "DEVICE_ERROR", calls="C_GenerateRandom")
+    with pytest.raises(hsm.HSMUnavailable):
+        client.generate_random(16)
+    injector.heal("hsm-a")
+    assert injector.calls("hsm-a")["C_GenerateRandom"] >= 1
+    assert set(injector.calls("hsm-a")) == {"C_GenerateRandom"}
+    injector.stop_counting("hsm-a")
+
+
+def test_counting_refuses_what_it_cannot_count(one: Harness, injector: FaultInjector) -> None:
+    """An unknown function is refused; so is a member whose shim sidecar names no count
+    file (an older harness), with what to do, instead of counting nothing."""
+    with pytest.raises(HarnessError, match="unknown PKCS#11 function"):
+        injector.count_calls("hsm-a", "C_Nope")
+    conf = shim_impl.sidecar(one.members[0].module)
+    conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
+                            if not line.startswith("count=")))
+    with pytest.raises(HarnessError, match=r"older hsm.*hsm harness down --dir"):
+        injector.count_calls("hsm-a", "C_Login")
+    assert not one.members[0].count_control.exists()
 
 
 # -- the control file and the API -------------------------------------------------------------

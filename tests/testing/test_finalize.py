@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ def _module(client: hsm.Client) -> Module:
     return module
 
 
-def _in_flight(module: Module) -> tuple[threading.Event, threading.Event, threading.Thread]:
-    """A thread inside a call of ``module`` until the second event is set."""
+@contextmanager
+def _in_flight(module: Module) -> Iterator[tuple[threading.Event, threading.Thread]]:
+    """A thread inside a call of ``module`` until the event is set (at the latest when the
+    block ends, however it ends: then the thread is joined)."""
     entered, release = threading.Event(), threading.Event()
 
     def busy() -> None:
@@ -41,9 +44,13 @@ def _in_flight(module: Module) -> tuple[threading.Event, threading.Event, thread
             release.wait(WAIT_S)
 
     thread = threading.Thread(target=busy, daemon=True)
-    thread.start()
-    assert entered.wait(WAIT_S)
-    return entered, release, thread
+    try:
+        thread.start()
+        assert entered.wait(WAIT_S)
+        yield release, thread
+    finally:
+        release.set()
+        thread.join(WAIT_S)
 
 
 def test_finalize_under_waits_for_calls_in_flight(client: hsm.Client) -> None:
@@ -52,25 +59,30 @@ def test_finalize_under_waits_for_calls_in_flight(client: hsm.Client) -> None:
     key = client.create_key()
     blob = client.wrap(key.key_id, b"q" * 32)
     module = _module(client)
-    _, release, busy = _in_flight(module)
     done = threading.Event()
 
     def finalize() -> None:
         faults.finalize_under(module)
         done.set()
 
-    finalizer = threading.Thread(target=finalize, daemon=True)
-    finalizer.start()
-    assert not done.wait(0.2)  # held back by the call in flight
-    release.set()
-    assert done.wait(WAIT_S)
-    busy.join(WAIT_S)
+    with _in_flight(module) as (release, busy):
+        finalizer = threading.Thread(target=finalize, daemon=True)
+        try:
+            finalizer.start()
+            assert not done.wait(0.2)  # held back by the call in flight
+            release.set()
+            assert done.wait(WAIT_S)
+            busy.join(WAIT_S)
+        finally:
+            release.set()
+            finalizer.join(WAIT_S)
     with pytest.raises(hsm.HSMUnavailable):
         client.unwrap(blob)
     assert client.unwrap(blob) == b"q" * 32
 
 
 def test_quiesced_holds_new_calls_until_the_block_ends(client: hsm.Client) -> None:
+    """A call started inside quiesced() waits for the block to end, then goes through."""
     module = _module(client)
     finished = threading.Event()
 
@@ -78,11 +90,14 @@ def test_quiesced_holds_new_calls_until_the_block_ends(client: hsm.Client) -> No
         module.tokens()
         finished.set()
 
-    with module.quiesced():
-        caller = threading.Thread(target=call, daemon=True)
-        caller.start()
-        assert not finished.wait(0.2)
-    assert finished.wait(WAIT_S)
+    caller = threading.Thread(target=call, daemon=True)
+    try:
+        with module.quiesced():
+            caller.start()
+            assert not finished.wait(0.2)
+        assert finished.wait(WAIT_S)
+    finally:
+        caller.join(WAIT_S)  # quiesced() has ended: the call goes through
     assert client.create_key().version == 1  # calls go on as before
 
 
@@ -90,18 +105,17 @@ def test_quiesced_gives_up_on_calls_that_never_return(client: hsm.Client) -> Non
     """A call still in flight after drain_timeout: HSMUnavailable (hung calls), the block
     never runs, and the module serves calls as before."""
     module = _module(client)
-    _, release, busy = _in_flight(module)
     ran = False
-    with pytest.raises(hsm.HSMUnavailable) as caught, module.quiesced(drain_timeout=0.1):
-        ran = True
-    assert caught.value.reason == hsm.Reason.HUNG_CALLS
-    assert not ran
-    release.set()
-    busy.join(WAIT_S)
+    with _in_flight(module):
+        with pytest.raises(hsm.HSMUnavailable) as caught, module.quiesced(drain_timeout=0.1):
+            ran = True
+        assert caught.value.reason == hsm.Reason.HUNG_CALLS
+        assert not ran
     assert client.create_key().version == 1
 
 
 def test_quiesced_lets_calls_resume_after_an_error_inside(client: hsm.Client) -> None:
+    """An exception inside quiesced() propagates and leaves the module serving calls."""
     module = _module(client)
     with pytest.raises(RuntimeError, match="inside"), module.quiesced():
         raise RuntimeError("inside")

@@ -57,6 +57,7 @@ def test_every_public_name_resolves(package: object) -> None:
 
 
 def test_lazy_names_are_the_real_objects() -> None:
+    """A lazily imported name is the very object its module defines."""
     from hsm.client import Client, open
     from hsm.testing.faults import FaultInjector
     from hsm.testing.harness import harness_up

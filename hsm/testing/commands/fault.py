@@ -72,7 +72,7 @@ def fault() -> None:
 
     Each member loads SoftHSM through its own pass-through PKCS#11 module, which reads the
     member's control file before every call: a fault takes effect at the next call of every
-    process using the harness, and `hsm fault heal` ends it with no re-initialize.
+    process using the harness, and 'hsm fault heal' ends it with no re-initialize.
     --config names the harness's hsm.toml.
     """
 

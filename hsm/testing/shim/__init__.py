@@ -151,17 +151,19 @@ def sidecar(shim: Path) -> Path:
     return shim.with_name(shim.name + ".conf")
 
 
-def install_shim(compiled: Path, dest: Path, *, real_module: Path, control: Path) -> None:
-    """Copy the compiled shim to ``dest`` and write its sidecar naming ``real_module`` and
-    ``control`` (the paths the shim will use, i.e. the final ones)."""
-    for path in (real_module, control):
+def install_shim(compiled: Path, dest: Path, *, real_module: Path, control: Path,
+                 count: Path) -> None:
+    """Copy the compiled shim to ``dest`` and write its sidecar naming ``real_module``,
+    ``control`` and ``count`` (the paths the shim will use, i.e. the final ones)."""
+    for path in (real_module, control, count):
         text = str(path)
         if "\n" in text or "\r" in text or not path.is_absolute():
             raise HarnessError(f"the shim needs an absolute path without newlines, not {text!r}")
     shutil.copyfile(compiled, dest)
     os.chmod(dest, 0o700)
     sidecar(dest).write_text(
-        "# hsm.testing fault-injection shim: the module it forwards to, its control file\n"
-        f"module={real_module}\ncontrol={control}\n",
+        "# hsm.testing fault-injection shim: the module it forwards to, its control file,\n"
+        "# the file that turns call counting on\n"
+        f"module={real_module}\ncontrol={control}\ncount={count}\n",
         encoding="utf-8",
     )

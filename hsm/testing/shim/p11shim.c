@@ -12,6 +12,7 @@
  *
  *     module=/abs/path/of/the/real/module.so
  *     control=/abs/path/of/the/control/file
+ *     count=/abs/path/of/the/count/file          (optional: call counting)
  *
  * Control file (at most 4 KiB, "key=value" lines, '#' starts a comment line; read on every
  * call while it exists, so write it atomically: temporary file + rename; once it was found
@@ -26,9 +27,17 @@
  *                             (a faulted C_Finalize still finalizes the real module)
  *     until_ms=1700000000000  the fault ends by itself at this Unix time (milliseconds)
  *
+ * A delay never sleeps less than asked: it is measured on CLOCK_MONOTONIC in nanoseconds.
+ *
+ * Call counting: while the count file exists (same format; only "calls=" is read, absent
+ * or "*" meaning every function), every call of a function it names appends one line, the
+ * function's name, to "<count file>.log" (O_APPEND: whole lines, from any process), before
+ * any fault applies. Like the control file, an absent count file is looked for again 1 ms
+ * later at most, so counting off costs the healthy path nothing but a compare.
+ *
  * Thread safety: the global state is written once (pthread_once) when the list is first
- * requested, except one word (when to look for the control file again) read and written
- * atomically; each call keeps its fault state on its own stack. C_Initialize passes
+ * requested, except two words (when to look for the control and count files again) read
+ * and written atomically; each call keeps its fault state on its own stack. C_Initialize passes
  * its CK_C_INITIALIZE_ARGS through unchanged.
  *
  * Build: cc -shared -fPIC -O2 -fvisibility=hidden -I/usr/include/p11-kit-1 \
@@ -63,11 +72,14 @@ static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static void *real_handle; /* never closed: unloading at exit is SoftHSM's own business */
 static CK_FUNCTION_LIST_PTR real;
 static char control_path[PATH_MAX];
+static char count_path[PATH_MAX]; /* empty: this shim's sidecar names no count file */
+static char count_log[PATH_MAX];  /* count_path + ".log" */
 static CK_FUNCTION_LIST shim_list; /* filled in by load_real() */
 
-/* -- state shared by every call: one word, read and written atomically ---------------- */
+/* -- state shared by every call: two words, read and written atomically --------------- */
 
-static long long absent_until_ns; /* CLOCK_MONOTONIC ns; before it, assume no control file */
+static long long absent_until_ns;       /* CLOCK_MONOTONIC ns; before it, no control file */
+static long long count_absent_until_ns; /* the same for the count file */
 
 /* -- time ---------------------------------------------------------------------------- */
 
@@ -85,9 +97,9 @@ static long long monotonic_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void sleep_ms(long long ms)
+static void sleep_ns(long long ns)
 {
-    struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+    struct timespec ts = { (time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL) };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
 }
@@ -103,12 +115,12 @@ struct fault {
     size_t calls_len;
 };
 
-/* Read the control file into buf (NUL-terminated); its length, or -1 when there is none. */
-static ssize_t read_control(char *buf, size_t size)
+/* Read a small file into buf (NUL-terminated); its length, or -1 when there is none. */
+static ssize_t read_small(const char *path, char *buf, size_t size)
 {
-    if (control_path[0] == '\0')
+    if (path[0] == '\0')
         return -1;
-    int fd = open(control_path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     size_t used = 0;
@@ -123,6 +135,11 @@ static ssize_t read_control(char *buf, size_t size)
     close(fd);
     buf[used] = '\0';
     return (ssize_t)used;
+}
+
+static ssize_t read_control(char *buf, size_t size)
+{
+    return read_small(control_path, buf, size);
 }
 
 static int key_is(const char *key, size_t len, const char *want)
@@ -196,33 +213,59 @@ static int applies(const struct fault *f, const char *name, int library_call)
     return 0;
 }
 
-/* Sleep as the fault says. 1 if the control file changed (or vanished) meanwhile, else 0. */
+/* Sleep as the fault says (a delay: never less than delay_ms). 1 if the control file
+ * changed (or vanished) meanwhile, else 0. */
 static int wait_out(const struct fault *f, const char *seen, ssize_t seen_len)
 {
     char now[CONTROL_MAX];
-    long long start = clock_ms(CLOCK_MONOTONIC);
+    long long end_ns = monotonic_ns() + f->delay_ms * 1000000LL;
     for (;;) {
-        long long left = f->hang ? LLONG_MAX : f->delay_ms - (clock_ms(CLOCK_MONOTONIC) - start);
+        long long left = f->hang ? LLONG_MAX : end_ns - monotonic_ns();
         if (f->until_ms > 0) {
-            long long to_end = f->until_ms - clock_ms(CLOCK_REALTIME);
+            long long to_end = (f->until_ms - clock_ms(CLOCK_REALTIME)) * 1000000LL;
             if (to_end < left)
                 left = to_end;
         }
         if (left <= 0)
             return 0;
-        sleep_ms(left < POLL_MS ? left : POLL_MS);
+        sleep_ns(left < POLL_MS * 1000000LL ? left : POLL_MS * 1000000LL);
         ssize_t n = read_control(now, sizeof now);
         if (n != seen_len || (n > 0 && memcmp(now, seen, (size_t)n) != 0))
             return 1;
     }
 }
 
-/* CKR_OK: call the real module; anything else: return that instead. */
+/* Count this call if the count file says so (one line appended to the log). */
+static void count_call(const char *name, long long now)
+{
+    if (count_path[0] == '\0' || now < __atomic_load_n(&count_absent_until_ns, __ATOMIC_RELAXED))
+        return; /* the usual path: counting is off */
+    char buf[CONTROL_MAX];
+    if (read_small(count_path, buf, sizeof buf) < 0) {
+        __atomic_store_n(&count_absent_until_ns, now + ABSENT_TTL_NS, __ATOMIC_RELAXED);
+        return;
+    }
+    struct fault which; /* only its calls= is used */
+    parse_control(buf, &which);
+    if (which.calls != NULL && !applies(&which, name, 0))
+        return;
+    char line[64];
+    int len = snprintf(line, sizeof line, "%s\n", name);
+    int fd = open(count_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    ssize_t ignored = write(fd, line, (size_t)len); /* one short write: a whole line */
+    (void)ignored;
+    close(fd);
+}
+
+/* CKR_OK: call the real module; anything else: return that instead. Counts the call first. */
 static CK_RV check_fault(const char *name, int library_call)
 {
     char buf[CONTROL_MAX];
     /* Sampled before looking: a late store below can only shorten the skip window. */
     long long now = monotonic_ns();
+    count_call(name, now);
     if (now < __atomic_load_n(&absent_until_ns, __ATOMIC_RELAXED))
         return CKR_OK; /* the healthy path: no file a moment ago */
     for (;;) {
@@ -441,6 +484,10 @@ static int read_sidecar(char *module, size_t module_size)
             snprintf(module, module_size, "%s", eq + 1);
         else if (strcmp(line, "control") == 0)
             snprintf(control_path, sizeof control_path, "%s", eq + 1);
+        else if (strcmp(line, "count") == 0 && strlen(eq + 1) + 4 < sizeof count_log) {
+            snprintf(count_path, sizeof count_path, "%s", eq + 1);
+            snprintf(count_log, sizeof count_log, "%s.log", eq + 1);
+        }
     }
     fclose(fp);
     if (module[0] == '\0') {
