@@ -11,7 +11,8 @@ drill is unwrapped on every member, one by one, and compared byte for byte.
 A fault is applied only while another member serves (healthy, no fault of the schedule on
 it) and its own member, if healed, is back: a member healed a moment ago may still be
 coming back (a lost token is re-initialized by the member's probe, seconds later), so the
-fault waits and the report says how long (``postponed_ms``), or that the moment never came
+fault waits, its heal moves as much later (every fault lasts as planned), and the report
+says how long (``postponed_ms``), or that the moment never came before the end
 (``skipped``). Schedules that fault every
 member at once are refused before any traffic (:func:`check_schedule`).
 
@@ -208,18 +209,31 @@ def _run(client: Client, injector: FaultInjector, events: list[DrillEvent],
 def _follow(client: Client, injector: FaultInjector, events: list[DrillEvent],
             report: DrillReport, applied: list[tuple[DrillEvent, float]], start: float,
             stop: float) -> None:
-    """Apply the schedule until ``stop``; a fault waits until another member serves."""
+    """Apply the schedule until ``stop``. A fault waits until another member serves (and
+    its own member is back); its heal then moves as late, so that it lasts as planned."""
     faulted: set[str] = set()
-    for event in events:
-        delay = start + event.at - time.monotonic()
+    heal_after: dict[str, float] = {}  # member -> the earliest time its postponed heal comes
+    for n, event in enumerate(events):
+        due = start + event.at
+        if event.action == "heal":
+            due = max(due, heal_after.pop(event.member, due))
+        delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         if time.monotonic() >= stop:
-            break
-        if event.action != "heal" and not _ready_for(client, event.member, faulted, stop):
-            report.skipped.append(f"{event}: {event.member} or another member was not back "
-                                  "before the end")
-            continue
+            break  # what is left is healed next, at the end
+        if event.action != "heal":
+            if not _ready_for(client, event.member, faulted, stop):
+                report.skipped.append(f"{event}: {event.member} or another member was not "
+                                      "back before the end")
+                continue
+            waited = time.monotonic() - due
+            if waited >= 0.05:
+                report.postponed[len(applied)] = round(waited * 1000, 1)
+                heal = next((e for e in events[n + 1:]
+                             if e.member == event.member and e.action == "heal"), None)
+                if heal is not None:
+                    heal_after[event.member] = time.monotonic() + heal.at - event.at
         applied.append((event, time.monotonic() - start))
         _apply(client, injector, event)
         if event.action == "heal":
@@ -305,7 +319,7 @@ def _summarize(report: DrillReport, records: list[_Record], calls: list[CallReco
     for i, (event, at) in enumerate(applied):
         if event.action == "heal":
             continue
-        postponed = max(0.0, at - event.at)
+        postponed = report.postponed.get(i, 0.0)
         end = min(at + WINDOW, times[i + 1])  # up to the next event: windows don't overlap
         # Calls running at the fault or started before the next event (or WINDOW s).
         window = [r.ms for r in records if r.at + r.ms / 1000 >= at and r.at < end]
@@ -319,7 +333,7 @@ def _summarize(report: DrillReport, records: list[_Record], calls: list[CallReco
             "p99_ms": round(_percentile(window, 0.99), 3) if window else None,
             "max_ms": round(max(window), 3) if window else None,
             "first_success_elsewhere_ms": round((served[0] - at) * 1000, 3) if served else None,
-            "postponed_ms": round(postponed * 1000, 1) if postponed >= 0.05 else 0.0,
+            "postponed_ms": postponed,
         })
 
 

@@ -40,6 +40,7 @@ class DrillReport:
     not_back: dict[str, str] = field(default_factory=dict)
     kcv_disagree: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    postponed: dict[int, float] = field(default_factory=dict, repr=False)  # ms, by fault
     faults: list[dict[str, Any]] = field(default_factory=list)
     readmit_ms: dict[str, float | None] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
