@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from hsm import envelope
-from hsm.cluster import Cluster, HSMMember, Operation, VerifyReport
+from hsm.cluster import Cluster, HSMMember, Operation, State, VerifyReport
 from hsm.cluster.metrics import ClusterMetrics
-from hsm.config import Config, MemberConfig, load_config
+from hsm.config import Config, load_config
 from hsm.context import encode_context
 from hsm.envelope.cache import CacheConfig, DataKeyCache
 from hsm.errors import HSMError, OperationFailed, Reason
 from hsm.keys import DataKey, KeyInfo, Keyring
 
-__all__ = ["Client", "MemberStatus", "member_status", "open"]
+__all__ = ["Client", "MemberStatus", "open"]
 
 _NOT_OPEN = "client is not open; use 'with hsm.open(...) as client'"
 # The hot paths' operations as module constants: an Enum member lookup costs ~60 ns.
@@ -290,15 +290,23 @@ class Client:
         return self._cluster().repair(member, destroy_orphans=destroy_orphans)
 
     def status(self) -> list[MemberStatus]:
-        """One :class:`MemberStatus` per member: health, counters, token, mechanisms."""
+        """One :class:`MemberStatus` per member: health, counters, token, mechanisms. Only
+        a healthy member is asked to describe itself (under the deadline); one that is out
+        is described by its state and its last error, and never logged in to again."""
         cluster = self._cluster()
-        return [
-            _status(member.name, member.config.module, self.describe(member.name),
-                    state=cluster.health[member.name].state.value,
-                    reason=str(cluster.health[member.name].last_reason or ""),
-                    pending=len(cluster.pending[member.name]), **cluster.counters(member.name))
-            for member in self.members
-        ]
+        statuses = []
+        for member in self.members:
+            health = cluster.health[member.name]
+            if health.state is State.HEALTHY:
+                info = self.describe(member.name)
+            else:
+                why = cluster.router.last_error.get(member.name) or str(health.last_reason or "")
+                info = {"error": why or f"member is {health.state.value}"}
+            statuses.append(_status(
+                member.name, member.config.module, info, state=health.state.value,
+                reason=str(health.last_reason or ""), pending=len(cluster.pending[member.name]),
+                **cluster.counters(member.name)))
+        return statuses
 
     def describe(self, member: str) -> dict[str, Any]:
         """Token, OS locking, probed mechanisms and key count of one member, asked under the
@@ -316,19 +324,6 @@ class Client:
         where = self.config.path or "<config>"
         state = "open" if self._open else "closed"
         return f"<hsm.Client {where} members={len(self.config.members)} {state}>"
-
-
-def member_status(member: MemberConfig, *, allow_unsafe_keys: bool = False) -> MemberStatus:
-    """Connect to one member just long enough to describe it (no cluster needed)."""
-    backend = HSMMember(member, allow_unsafe_keys=allow_unsafe_keys)
-    try:
-        backend.open()
-        info = backend.keyring.describe()
-    except HSMError as exc:
-        info = {"error": str(exc)}
-    finally:
-        backend.close()
-    return _status(member.name, member.module, info)
 
 
 def open(

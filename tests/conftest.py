@@ -9,10 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 import hsm
 from hsm.keys import KeyInfo
 from hsm.testing import Harness, harness_down, harness_up
+
+# No wall-clock deadlines in tests (the machines are shared and noisy): a property test is
+# judged by what it finds, never by how long one example took.
+settings.register_profile("hsm", deadline=None)
+settings.load_profile("hsm")
 
 
 @pytest.fixture(scope="module")

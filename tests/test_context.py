@@ -81,3 +81,12 @@ def test_documented_examples() -> None:
     """The byte examples in docs/FORMAT.md are what the code produces."""
     assert encode_context({"a": "bc"}) == bytes.fromhex("0001000161000262 63".replace(" ", ""))
     assert encode_context({"ab": "c"}) == bytes.fromhex("000100026162000163")
+
+
+def test_property_tests_have_no_wall_clock_deadline() -> None:
+    """tests/conftest.py loads a hypothesis profile without deadlines: an example that is
+    slow on a loaded machine is not a failure (issue 8, item 19)."""
+    from hypothesis import settings
+
+    assert settings.default is not None
+    assert settings.default.deadline is None

@@ -1,9 +1,10 @@
-"""``hsm status``: every member of the config, reachable or not, described one by one.
+"""``hsm status``: every member of the config, reachable or not, with its state and why.
 
-Each member is connected to on its own (:func:`hsm.client.member_status`), so one member
-with a wrong PIN or a missing token is reported without hiding the others. Exit status 0
-when any member is reachable (the cluster fails over around the others); 1 when none is,
-after the report has been printed.
+The members are opened the way every command opens them (:func:`hsm.cli._common.open_client`:
+all at once, each under the cluster's deadline), so a hung member costs one deadline, not
+the command, and a member whose PIN is refused is logged in to once, never again. Exit
+status 0 when any member is reachable (the cluster fails over around the others); when none
+opens, one line names every member and why, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 import click
 
-from hsm.cli._common import CLIError, common_options, emit, load, stdout_is_terminal
-from hsm.client import MemberStatus, member_status
+from hsm.cli._common import common_options, emit, open_client, stdout_is_terminal
+from hsm.client import MemberStatus
 
 __all__ = ["status"]
 
@@ -37,15 +38,17 @@ def _token(s: MemberStatus) -> str:
 def _print_lines(statuses: Sequence[MemberStatus]) -> None:
     for s in statuses:
         if not s.reachable:
-            click.echo(f"{s.name}: unreachable: {s.error}")
+            click.echo(f"{s.name}: {s.state or 'unreachable'}: {s.error}")
             click.echo(f"  module:     {s.module}")
             continue
-        click.echo(f"{s.name}: reachable")
+        click.echo(f"{s.name}: {s.state or 'reachable'}")
         click.echo(f"  module:     {s.module}")
         click.echo(f"  token:      {_token(s)}")
         click.echo(f"  os locking: {'yes' if s.os_locking else 'no'}")
         click.echo(f"  mechanisms: {_mechanisms(s.mechanisms)}")
         click.echo(f"  keys:       {s.keys}")
+        if s.pending:
+            click.echo(f"  pending:    {s.pending} (run hsm cluster resync {s.name})")
 
 
 def _print_table(statuses: Sequence[MemberStatus]) -> None:
@@ -58,26 +61,24 @@ def _print_table(statuses: Sequence[MemberStatus]) -> None:
     table.add_column("module", overflow="fold")
     for s in statuses:
         if s.reachable:
-            table.add_row(s.name, "[green]reachable[/]", _token(s),
+            table.add_row(s.name, f"[green]{s.state or 'reachable'}[/]", _token(s),
                           "yes" if s.os_locking else "no", str(s.keys),
                           _mechanisms(s.mechanisms), s.module)
         else:
-            table.add_row(s.name, f"[red]unreachable[/]: {s.error}", "", "", "", "", s.module)
+            table.add_row(s.name, f"[red]{s.error}[/]", "", "", "", "", s.module)
     Console(highlight=False).print(table)
 
 
 @click.command()
 @common_options
 def status() -> None:
-    """Describe every member: token, reachability, OS locking, mechanisms, key count.
+    """Describe every member: state, token, OS locking, mechanisms, key count.
 
-    Exit status 1 only when no member is reachable: the cluster fails over around the rest.
-    A long-running process sees live health, counters and failovers in client.status() and
+    Exit status 1 only when no member opens: the cluster fails over around the rest. A
+    long-running process sees live health, counters and failovers in client.status() and
     in its Prometheus metrics (client.metrics.registry).
     """
-    config = load()
-    statuses = [member_status(member) for member in config.members]
+    with open_client() as client:
+        statuses = client.status()
     emit({"members": [s.as_dict() for s in statuses]},
          lambda: (_print_table if stdout_is_terminal() else _print_lines)(statuses))
-    if not any(s.reachable for s in statuses):
-        raise CLIError(f"no member is reachable ({statuses[0].name}: {statuses[0].error})")

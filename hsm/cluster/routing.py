@@ -78,6 +78,8 @@ class Router(Generic[R]):
         self.deadline = deadline_ms / 1000.0
         self.metrics = ClusterMetrics(names, [op.value for op in Operation])
         self.transitions: list[Transition] = []
+        # Each member's latest error message (``hsm status`` says why a member is out).
+        self.last_error: dict[str, str] = {}
         self.health = {name: Health(name, clock=clock, probe_interval=probe_interval,
                                     max_probe_interval=max_probe_interval,
                                     on_change=self._changed) for name in names}
@@ -137,15 +139,18 @@ class Router(Generic[R]):
             except FutureTimeout:
                 self.health[name].timed_out()
                 future.add_done_callback(partial(self._late, name))
-                outcome[name] = HSMUnavailable(
+                late = HSMUnavailable(
                     f"member {name}: no answer within {self.deadline * 1000:.0f} ms while "
                     "opening (module, token, login, mechanisms)", reason=Reason.DEADLINE)
+                outcome[name] = late
+                self.last_error[name] = late.message
             except HSMError as err:
                 outcome[name] = err
                 self._open_failed(name, err)
         return outcome
 
     def _open_failed(self, name: str, err: HSMError) -> None:
+        self.last_error[name] = err.message
         if isinstance(err, PinError):
             self._disable(name, err)
             return
@@ -292,6 +297,7 @@ class Router(Generic[R]):
                 ) from None
         except HSMError as err:
             outcome, reason = outcome_of(err), err.reason
+            self.last_error[member.name] = err.message
             self.metrics.errors.labels(member.name, err.kind.value).inc()
             if isinstance(err, PinError):
                 self._disable(member.name, err)

@@ -334,7 +334,7 @@ def test_status_human_output(config: str) -> None:
     """Without --json (and not on a terminal) status prints one block of lines per member."""
     result = run("status", "--config", config)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.startswith("hsm-a: reachable\n")
+    assert result.stdout.startswith("hsm-a: healthy\n")
     assert "mechanisms:" in result.stdout
 
 
@@ -345,7 +345,7 @@ def test_status_on_a_terminal_is_a_table(config: str, monkeypatch: pytest.Monkey
     assert result.exit_code == 0, result.stderr
     assert "HSM members" in result.stdout
     assert "hsm-a" in result.stdout
-    assert "reachable" in result.stdout
+    assert "healthy" in result.stdout
 
 
 def test_status_reports_an_unreachable_member_and_exits_0(tmp_path: Path) -> None:
@@ -367,10 +367,13 @@ def test_status_reports_an_unreachable_member_and_exits_0(tmp_path: Path) -> Non
     report = json.loads(result.stdout)
     assert [m["reachable"] for m in report["members"]] == [False, True]
     assert "'gone'" in report["members"][0]["error"]
+    assert report["members"][0]["state"] == "down"
     assert none.exit_code == 1
     lines = none.stderr.splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("hsm: error: no member is reachable (hsm-a: ")
+    assert len(lines) == 1  # one line that names every member and why
+    assert lines[0].startswith("hsm: error: no member could be opened (hsm-a: ")
+    assert "hsm-b: " in lines[0]
+    assert "'gone'" in lines[0]
 
 
 # -- PINs ----------------------------------------------------------------------------------------
@@ -395,11 +398,9 @@ def test_wrong_pin_is_one_line_that_never_shows_a_pin(tmp_path: Path) -> None:
 
         status = run("status", "--config", cfg, "--json")
         assert status.exit_code == 1
-        report = json.loads(status.stdout)
-        assert report["members"][0]["reachable"] is False
-        error = report["members"][0]["error"]
-        assert "PinIncorrect" in error or "pin_incorrect" in error
-        assert len(status.stderr.splitlines()) == 1
+        line = one_error_line(status)
+        assert "PIN" in line
+        assert "hsm-a" in line
         for pin in (wrong, right):
             assert pin not in status.stdout + status.stderr
     finally:

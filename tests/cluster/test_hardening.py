@@ -88,8 +88,8 @@ def test_a_hung_member_does_not_stop_a_client_from_opening(
 
 
 def test_the_cli_answers_with_a_member_hung(cluster3: tuple[Harness, FaultInjector]) -> None:
-    """hsm key list, hsm cluster verify and hsm data-key return while a member hangs (the
-    hang lasts until the heal, after the commands): no command waits for it."""
+    """hsm key list, hsm status, hsm cluster verify and hsm data-key return while a member
+    hangs (the hang lasts until the heal, after the commands): no command waits for it."""
     harness, injector = cluster3
     created = _cli(harness, "key", "create", "--json")
     assert created.returncode == 0, created.stderr
@@ -100,6 +100,13 @@ def test_the_cli_answers_with_a_member_hung(cluster3: tuple[Harness, FaultInject
     assert key_id in listed.stdout
     dk = _cli(harness, "data-key", "--key", key_id, "--json")
     assert dk.returncode == 0, dk.stderr
+    status = _cli(harness, "status", "--json")
+    assert status.returncode == 0, status.stderr  # two members answer
+    members = {m["name"]: m for m in json.loads(status.stdout)["members"]}
+    assert [members[n]["reachable"] for n in ("hsm-a", "hsm-b")] == [True, True]
+    assert members["hsm-c"]["reachable"] is False
+    assert members["hsm-c"]["state"] == "suspect"
+    assert "no answer within" in members["hsm-c"]["error"]
     verify = _cli(harness, "cluster", "verify")
     assert verify.returncode == 1  # hsm-c can't be asked: reported, not waited for
     assert "hsm-c" in verify.stdout + verify.stderr

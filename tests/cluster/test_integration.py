@@ -185,9 +185,9 @@ def test_two_tokens_of_one_module_form_a_cluster(tmp_path: Path) -> None:
     """Members may be several tokens of one module: one loaded module, two logins, keys
     replicated between the tokens under the trusted wrapping key."""
     import shutil
-    import subprocess
 
     from hsm.testing import find_softhsm_module
+    from hsm.testing.softhsm import TokenSpec, init_tokens
 
     tokens = tmp_path / "tokens"
     tokens.mkdir()
@@ -198,11 +198,9 @@ def test_two_tokens_of_one_module_form_a_cluster(tmp_path: Path) -> None:
     shutil.copy(find_softhsm_module(), module)
     (tmp_path / "pin").write_text("1234")
     (tmp_path / "so-pin").write_text("5678")
-    for label in ("t-one", "t-two"):
-        subprocess.run(["softhsm2-util", "--module", str(module), "--init-token", "--free",
-                        "--label", label, "--pin", "1234", "--so-pin", "5678"],
-                       env={"SOFTHSM2_CONF": str(conf), "PATH": "/usr/bin:/bin"},
-                       check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    # Through PKCS#11 (C_InitToken, C_InitPIN), the PINs on a pipe: never on a command line.
+    init_tokens([TokenSpec(module, conf, label) for label in ("t-one", "t-two")],
+                pin="1234", so_pin="5678")
     members = "".join(
         f'[[member]]\nname = "{label}"\nmodule = "{module}"\ntoken = "{label}"\n'
         f'pin = "file:pin"\nso_pin = "file:so-pin"\n'
