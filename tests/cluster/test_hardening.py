@@ -112,6 +112,30 @@ def test_the_cli_answers_with_a_member_hung(cluster3: tuple[Harness, FaultInject
     assert "hsm-c" in verify.stdout + verify.stderr
 
 
+def test_a_lost_token_leaves_the_rest_of_the_cluster_usable(
+    cluster3: tuple[Harness, FaultInjector],
+) -> None:
+    """After hsm fault lose-token hsm-c, hsm key list and hsm data-key work on the other two
+    members, and hsm status says hsm-c is down and what failed (SoftHSM can't initialize
+    without its token directory: transient, not a permanent ModuleLoadError)."""
+    harness, injector = cluster3
+    created = _cli(harness, "key", "create", "--json")
+    assert created.returncode == 0, created.stderr
+    key_id = json.loads(created.stdout)["key_id"]
+    injector.lose_token("hsm-c")
+    listed = _cli(harness, "key", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert key_id in listed.stdout
+    dk = _cli(harness, "data-key", "--key", key_id, "--json")
+    assert dk.returncode == 0, dk.stderr
+    status = _cli(harness, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    lost = {m["name"]: m for m in json.loads(status.stdout)["members"]}["hsm-c"]
+    assert lost["state"] == "down"
+    assert "failed to initialize" in lost["error"]
+    assert not lost["error"].rstrip().endswith(":")  # the message says what failed
+
+
 def test_the_cli_exits_right_after_a_deadline_error(
     cluster3: tuple[Harness, FaultInjector],
 ) -> None:
