@@ -13,6 +13,9 @@ Each class carries a :class:`Kind`:
 
 Messages never contain key material, plaintext or PINs.
 
+This module is longer than 400 lines on purpose: the whole tree and every reason word live
+in one place, so that a reader sees every error the package can raise at once.
+
 The tree::
 
     HSMError                                  (root, kind given per class)
@@ -32,6 +35,20 @@ The tree::
     │   ├── ClusterUnavailable                transient  every member tried; carries .attempts
     │   └── QuorumNotReached                  transient  a new key reached too few members
     ├── ReplicationError                      permanent  copies of a key disagree (KCV)
+    ├── KMSError                              permanent  the KMS layer's refusals:
+    │   ├── KeyStateError                     permanent  the key's state forbids the call
+    │   │   ├── KeyDisabled                   permanent  state Disabled
+    │   │   ├── KeyPendingDeletion            permanent  state PendingDeletion
+    │   │   └── KeyUnavailable                transient  its key store can't reach enough
+    │   │                                                members (state Unavailable)
+    │   ├── VersionRetired                    permanent  below min_decryption_version
+    │   ├── AccessDenied                      permanent  no policy statement or grant allows
+    │   ├── AlreadyExists                     permanent  alias (or other name) in use
+    │   ├── LimitExceeded                     permanent  a KMS limit (rotations, aliases)
+    │   ├── MalformedPolicy    ValueError     permanent  a key policy that does not parse
+    │   └── StoreError                        permanent  the metadata store refused
+    │       └── SchemaOutdated                permanent  run `hsm store upgrade`
+    ├── AuditError                            integrity  the audit trail does not verify
     └── InvalidCiphertext      ValueError     integrity  tampered, wrong key, wrong context
         └── ContextMismatch    ValueError     integrity  the caller's context is not the
                                                          message's (says which keys differ)
@@ -43,6 +60,9 @@ import enum
 from typing import Any
 
 __all__ = [
+    "AccessDenied",
+    "AlreadyExists",
+    "AuditError",
     "ClusterUnavailable",
     "ConfigError",
     "ContextMismatch",
@@ -51,8 +71,15 @@ __all__ = [
     "InvalidCiphertext",
     "InvalidContext",
     "InvalidInput",
+    "KMSError",
+    "KeyDisabled",
     "KeyNotFound",
+    "KeyPendingDeletion",
+    "KeyStateError",
+    "KeyUnavailable",
     "Kind",
+    "LimitExceeded",
+    "MalformedPolicy",
     "MechanismUnsupported",
     "ModuleLoadError",
     "OperationFailed",
@@ -62,8 +89,11 @@ __all__ = [
     "QuorumNotReached",
     "Reason",
     "ReplicationError",
+    "SchemaOutdated",
+    "StoreError",
     "TokenNotFound",
     "UnsafeKey",
+    "VersionRetired",
 ]
 
 
@@ -83,6 +113,8 @@ class Reason(enum.StrEnum):
     (``err.reason is Reason.DEADLINE``), never message text.
     """
 
+    ACCESS_DENIED = "access_denied"
+    ALREADY_EXISTS = "already_exists"
     ALREADY_INITIALIZED = "already_initialized"
     ALREADY_LOGGED_IN = "already_logged_in"
     ANOTHER_USER_LOGGED_IN = "another_user_logged_in"
@@ -91,6 +123,7 @@ class Reason(enum.StrEnum):
     ATTRIBUTE_SENSITIVE = "attribute_sensitive"
     ATTRIBUTE_TYPE_INVALID = "attribute_type_invalid"
     ATTRIBUTE_VALUE_INVALID = "attribute_value_invalid"
+    AUDIT_TAMPERED = "audit_tampered"
     CANCELLED = "cancelled"
     CLOSED = "closed"
     CLUSTER_UNAVAILABLE = "cluster_unavailable"
@@ -122,24 +155,32 @@ class Reason(enum.StrEnum):
     INVALID_CONTEXT = "invalid_context"
     INVALID_INPUT = "invalid_input"
     KCV_MISMATCH = "kcv_mismatch"
+    KEY_DELETED = "key_deleted"
+    KEY_DISABLED = "key_disabled"
     KEY_EXISTS = "key_exists"
     KEY_HANDLE_INVALID = "key_handle_invalid"
     KEY_NOT_FOUND = "key_not_found"
     KEY_NOT_WRAPPABLE = "key_not_wrappable"
+    KEY_PENDING_DELETION = "key_pending_deletion"
+    KEY_STATE = "key_state"
+    KEY_UNAVAILABLE = "key_unavailable"
     KEY_UNEXTRACTABLE = "key_unextractable"
+    KMS = "kms"
+    LIMIT_EXCEEDED = "limit_exceeded"
     MALFORMED = "malformed"
+    MALFORMED_POLICY = "malformed_policy"
     MECHANISM_INVALID = "mechanism_invalid"
     MECHANISM_PARAM_INVALID = "mechanism_param_invalid"
     MECHANISM_UNSUPPORTED = "mechanism_unsupported"
     MODULE_INIT_FAILED = "module_init_failed"
     MODULE_LOAD = "module_load"
-    NO_CHECK_VALUE = "no_check_value"
-    NO_MEMBER = "no_member"
-    NO_WRAPPING_KEY = "no_wrapping_key"
     NOT_INITIALIZED = "not_initialized"
     NOT_LOGGED_IN = "not_logged_in"
     NOT_OPEN = "not_open"
     NOT_REPLICABLE = "not_replicable"
+    NO_CHECK_VALUE = "no_check_value"
+    NO_MEMBER = "no_member"
+    NO_WRAPPING_KEY = "no_wrapping_key"
     OBJECT_HANDLE_INVALID = "object_handle_invalid"
     OPERATION_ACTIVE = "operation_active"
     OPERATION_FAILED = "operation_failed"
@@ -158,10 +199,13 @@ class Reason(enum.StrEnum):
     RECOVERING = "recovering"
     RELEASED = "released"
     REPLICATION = "replication"
+    SCHEMA_OUTDATED = "schema_outdated"
     SESSION_CLOSED = "session_closed"
     SESSION_COUNT = "session_count"
     SESSION_HANDLE_INVALID = "session_handle_invalid"
     SESSION_READ_ONLY_EXISTS = "session_read_only_exists"
+    STORE = "store"
+    STORE_CONFLICT = "store_conflict"
     TAG = "tag"
     TEMPLATE_INCOMPLETE = "template_incomplete"
     TEMPLATE_INCONSISTENT = "template_inconsistent"
@@ -178,6 +222,7 @@ class Reason(enum.StrEnum):
     USER_ALREADY_LOGGED_IN = "user_already_logged_in"
     USER_LOGGED_IN = "user_logged_in"
     USER_TOO_MANY_TYPES = "user_too_many_types"
+    VERSION_RETIRED = "version_retired"
     WRAPPED_KEY_INVALID = "wrapped_key_invalid"
     WRAPPED_KEY_LENGTH = "wrapped_key_length"
     WRAPPING_KEY_MISMATCH = "wrapping_key_mismatch"
@@ -327,3 +372,86 @@ class ContextMismatch(InvalidCiphertext):
     context is not secret: it travels in the clear in the message header)."""
 
     default_reason = Reason.CONTEXT_MISMATCH
+
+
+class KMSError(HSMError):
+    """Base of the KMS layer's refusals (:mod:`hsm.kms`)."""
+
+    default_reason = Reason.KMS
+
+
+class KeyStateError(KMSError):
+    """The key's state forbids the call (AWS: ``KMSInvalidStateException``)."""
+
+    default_reason = Reason.KEY_STATE
+
+
+class KeyDisabled(KeyStateError):
+    """The key is ``Disabled`` (AWS: ``DisabledException``)."""
+
+    default_reason = Reason.KEY_DISABLED
+
+
+class KeyPendingDeletion(KeyStateError):
+    """The key is ``PendingDeletion``: every use is refused, and recorded."""
+
+    default_reason = Reason.KEY_PENDING_DELETION
+
+
+class KeyUnavailable(KeyStateError):
+    """The key's key store cannot reach enough members (state ``Unavailable``)."""
+
+    kind = Kind.TRANSIENT
+    default_reason = Reason.KEY_UNAVAILABLE
+
+
+class VersionRetired(KMSError):
+    """The ciphertext's key version is below the key's ``min_decryption_version``."""
+
+    default_reason = Reason.VERSION_RETIRED
+
+
+class AccessDenied(KMSError):
+    """No key policy statement or grant allows the principal this action on this key (or
+    a statement denies it). The message names the principal, the action and the key."""
+
+    default_reason = Reason.ACCESS_DENIED
+
+
+class AlreadyExists(KMSError):
+    """The name (an alias, say) is already in use."""
+
+    default_reason = Reason.ALREADY_EXISTS
+
+
+class LimitExceeded(KMSError):
+    """A KMS limit was reached (on-demand rotations of a key, aliases, grants...)."""
+
+    default_reason = Reason.LIMIT_EXCEEDED
+
+
+class MalformedPolicy(KMSError, ValueError):
+    """A key policy that does not parse or breaks the grammar; the message says where."""
+
+    default_reason = Reason.MALFORMED_POLICY
+
+
+class StoreError(KMSError):
+    """The metadata store could not be used (unreachable, refused, wrong schema)."""
+
+    default_reason = Reason.STORE
+
+
+class SchemaOutdated(StoreError):
+    """The store's schema is older (or newer) than this version of hsm: run
+    ``hsm store upgrade``."""
+
+    default_reason = Reason.SCHEMA_OUTDATED
+
+
+class AuditError(HSMError):
+    """The audit trail does not verify (a record edited, deleted, inserted, reordered, the
+    tail cut, or a MAC not made by the HSM); the message says where."""
+
+    kind = Kind.INTEGRITY
+    default_reason = Reason.AUDIT_TAMPERED

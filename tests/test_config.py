@@ -149,3 +149,100 @@ def test_numbers_at_the_bounds_are_accepted(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.members[0].pool_size == 256
     assert config.cluster.deadline_ms == 600000
+
+
+# -- key stores, [store], [kms] ----------------------------------------------------------------
+
+STORES = GOOD + """
+[kms]
+account = "111122223333"
+principal = "arn:hsm:iam::111122223333:user/alice"
+
+[[keystore]]
+name = "eu"
+quorum = 2
+deadline_ms = 900
+
+[[keystore.member]]
+name = "eu-a"
+module = "lib/libsofthsm2.so"
+token = "eu-a"
+pin = "file:eu-pin"
+
+[[keystore.member]]
+name = "eu-b"
+module = "lib/libsofthsm2.so"
+token = "eu-b"
+pin = "file:eu-pin"
+"""
+
+
+def test_keystores_kms_and_store_name(tmp_path: Path) -> None:
+    """Top-level members are the default key store; each [[keystore]] has its own members
+    and cluster settings; [kms] gives the account and principal; [store] a name."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(STORES.replace('url = "sqlite:///hsm.db"',
+                                   'url = "sqlite:///hsm.db"\nname = "lab-1"'))
+    config = load_config(path)
+    assert [k.name for k in config.keystores] == ["default", "eu"]
+    assert config.keystore() == config.keystores[0]
+    assert config.keystore().members == config.members
+    eu = config.keystore("eu")
+    assert [m.name for m in eu.members] == ["eu-a", "eu-b"]
+    assert (eu.cluster.quorum, eu.cluster.deadline_ms, eu.cluster.mode) == (2, 900, "failover")
+    assert eu.members[0].pin.where == str(tmp_path / "eu-pin")
+    assert config.kms.account == "111122223333"
+    assert config.kms.principal == "arn:hsm:iam::111122223333:user/alice"
+    assert config.store.name == "lab-1"
+    with pytest.raises(hsm.ConfigError, match="no key store named 'us'; key stores: default, eu"):
+        config.keystore("us")
+
+
+def test_defaults_without_kms_or_keystores(tmp_path: Path) -> None:
+    """A config of today (no [kms], no [[keystore]]) has one key store, 'default', and the
+    local account 000000000000."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert [k.name for k in config.keystores] == ["default"]
+    assert config.kms.account == "000000000000"
+    assert config.kms.principal is None
+    assert config.store.name == "local"
+
+
+def test_keystores_alone_make_the_first_the_default(tmp_path: Path) -> None:
+    """Without top-level members the first [[keystore]] is the default key store."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(STORES[STORES.index("[[keystore]]"):])
+    config = load_config(path)
+    assert [k.name for k in config.keystores] == ["eu"]
+    assert [m.name for m in config.members] == ["eu-a", "eu-b"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('account = "111122223333"', 'account = "1234"'), "must be 12 digits"),
+        (('name = "eu-a"', 'name = "hsm-a"'), "unique (across key stores too)"),
+        (('name = "eu"', 'name = "default"'), "key store names must be unique"),
+        (('name = "eu"', 'name = "e u"'), "name 'e u' must be"),
+        (("quorum = 2", "quorum = 3"), "keystore 'eu': quorum = 3 is out of range"),
+        (("quorum = 2", "quorum = 2\ncolour = 1"), "keystore 'eu': unknown key(s) colour"),
+        (('principal = "arn', 'user = "arn'), "[kms]: unknown key(s) user"),
+    ],
+)
+def test_bad_keystores_and_kms(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    """Each mistake in [[keystore]] or [kms] is one ConfigError that says where."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(STORES.replace(*change, 1))
+    with pytest.raises(hsm.ConfigError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+
+
+def test_a_keystore_without_members_is_refused(tmp_path: Path) -> None:
+    """A [[keystore]] needs its own [[keystore.member]] list."""
+    path = tmp_path / "hsm.toml"
+    path.write_text(GOOD + '\n[[keystore]]\nname = "eu"\n')
+    with pytest.raises(hsm.ConfigError, match=r"keystore 'eu': at least one \[\[keystore.member"):
+        load_config(path)

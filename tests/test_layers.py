@@ -198,7 +198,8 @@ def test_the_keys_layer_has_no_import_cycle() -> None:
 # its own layer). ``hsm`` itself (the curated top-level names) comes last.
 RANKS = {
     "hsm.errors": 0, "hsm.context": 1, "hsm.pkcs11": 2, "hsm.config": 3, "hsm.keys": 3,
-    "hsm.cluster": 4, "hsm.envelope": 4, "hsm.client": 6, "hsm.cli": 7, "hsm.testing": 8,
+    "hsm.cluster": 4, "hsm.envelope": 4, "hsm.kms": 5, "hsm.client": 6, "hsm.cli": 7,
+    "hsm.testing": 8,
     "hsm": 9,
 }
 ALL = {_name(path): path for path in _modules(PACKAGE)}
