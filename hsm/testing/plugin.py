@@ -8,6 +8,9 @@ Fixtures (all function scope, each test gets fresh tokens in its own ``tmp_path`
 - ``hsm_harness``: a one-member harness.
 - ``hsm_config``: the path of that harness's ``hsm.toml``.
 - ``hsm_client``: ``hsm.open(hsm_config)``, closed after the test.
+- ``hsm_postgres``: a throwaway PostgreSQL server for the whole session
+  (:mod:`hsm.testing.postgres`; ``HSM_TEST_POSTGRES_URL`` names an existing one instead).
+- ``hsm_postgres_url``: the URL of a fresh, empty database on that server, per test.
 
 Importing this plugin stays light (pytest loads it in every session of every project that
 installs ``hsm``): it never imports ``pkcs11``, the client or the cluster. The fixtures that
@@ -27,6 +30,7 @@ from hsm.testing.layout import Harness
 
 if TYPE_CHECKING:
     from hsm.client import Client
+    from hsm.testing.postgres import PostgresServer
 
 __all__ = [
     "HarnessFactory",
@@ -34,6 +38,8 @@ __all__ = [
     "hsm_config",
     "hsm_harness",
     "hsm_harness_factory",
+    "hsm_postgres",
+    "hsm_postgres_url",
 ]
 
 
@@ -86,3 +92,18 @@ def hsm_client(hsm_config: Path) -> Iterator[Client]:
 
     with open_client(hsm_config) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def hsm_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session: started once, stopped and removed at the end."""
+    from hsm.testing.postgres import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def hsm_postgres_url(hsm_postgres: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL server: its SQLAlchemy URL."""
+    return hsm_postgres.new_database()
